@@ -1,0 +1,52 @@
+"""Audio loading and the one mel function (bigvgan's own)."""
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+
+class AudioFileError(ValueError):
+    pass
+
+
+def load_audio(path, target_sr):
+    """-> (float32 mono wav in [-1, 1] at target_sr, original sr). Loaded once per song; averaged over
+    channels; resampled with soxr (librosa's default high-quality resampler)."""
+    path = Path(path)
+    try:
+        wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile.LibsndfileError, RuntimeError
+        raise AudioFileError(f"{path}: cannot read audio ({e})") from e
+    if wav.shape[0] == 0:
+        raise AudioFileError(f"{path}: no samples")
+    wav = wav.mean(axis=1)
+    if sr != target_sr:
+        import librosa
+        wav = librosa.resample(wav, orig_sr=sr, target_sr=target_sr, res_type="soxr_hq")
+    if not np.isfinite(wav).all():
+        raise AudioFileError(f"{path}: NaN/inf samples")
+    # resampling can overshoot a full-scale signal by a hair; bigvgan's mel expects [-1, 1]
+    np.clip(wav, -1.0, 1.0, out=wav)
+    return wav.astype(np.float32, copy=False), sr
+
+
+def compute_mel(wavs, cfg, device="cpu"):
+    """wavs (B, N) or (N,) float32 -> log-mel (B, num_mels, frames) float32 numpy, computed by
+    bigvgan.meldataset.get_mel_spectrogram with the vocoder config's hparams (one batched call)."""
+    import torch
+    from bigvgan.meldataset import get_mel_spectrogram
+    from lm2a.melconfig import as_attrdict
+
+    x = torch.as_tensor(np.asarray(wavs, dtype=np.float32), device=device)
+    squeeze = x.ndim == 1
+    if squeeze:
+        x = x[None]
+    with torch.inference_mode():
+        mel = get_mel_spectrogram(x, as_attrdict(cfg)).cpu().numpy()
+    return mel[0] if squeeze else mel
+
+
+def n_mel_frames(n_samples, cfg):
+    """Frames bigvgan's mel gives for n samples (reflect pad (n_fft-hop)/2 each side, center=False)."""
+    pad = (cfg["n_fft"] - cfg["hop_size"]) // 2
+    return (n_samples + 2 * pad - cfg["n_fft"]) // cfg["hop_size"] + 1

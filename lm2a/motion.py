@@ -1,0 +1,159 @@
+"""SMPL motion: parsing EasyMocap smplfull.json, repairing gaps, and the (frames, 234) features.
+
+Feature layout (DESIGN.md): [pose 78 | velocity 78 | acceleration 78], pose = 72 SMPL axis-angles
+(24 joints x 3) + Th 3 + Rh 3, lightly smoothed in time; derivatives in units/s and units/s^2.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+POSE_DIM = 78
+MOTION_DIM = 3 * POSE_DIM
+SMOOTH_SIGMA = 1.0  # frames; light Gaussian smoothing before differentiating
+
+
+class MotionFileError(ValueError):
+    pass
+
+
+def _first(v, n, what, key, path):
+    """EasyMocap stores each vector as [[...]]; accept [[...]] or [...]."""
+    a = np.asarray(v, dtype=np.float64).reshape(-1)
+    if a.size != n:
+        raise MotionFileError(f"{path}: frame {key}: '{what}' has {a.size} values, expected {n}")
+    return a
+
+
+def parse_smpl_json(data, path="smplfull.json"):
+    """EasyMocap dict {"000000": {"annots": [{"poses": [[72]], "Th": [[3]], "Rh": [[3]]}]}} (also a
+    bare list of annots per frame) -> (poses (F, 78) float64 with NaN rows for missing frames,
+    n_missing). Frame keys are integers; frames between the first (0) and the last key that are absent
+    or have no person are missing. Non-integer keys are ignored."""
+    if not isinstance(data, dict):
+        raise MotionFileError(f"{path}: expected a JSON object of frames, got {type(data).__name__}")
+    frames = {}
+    for key, val in data.items():
+        try:
+            idx = int(key)
+        except (TypeError, ValueError):
+            continue
+        if idx < 0:
+            continue
+        annots = val.get("annots", val) if isinstance(val, dict) else val
+        if isinstance(annots, dict):
+            annots = [annots]
+        if not annots:
+            continue
+        a = annots[0]
+        try:
+            vec = np.concatenate([_first(a["poses"], 72, "poses", key, path),
+                                  _first(a["Th"], 3, "Th", key, path),
+                                  _first(a["Rh"], 3, "Rh", key, path)])
+        except (KeyError, TypeError) as e:
+            raise MotionFileError(f"{path}: frame {key}: missing or malformed {e}") from e
+        frames[idx] = vec
+    if not frames:
+        raise MotionFileError(f"{path}: no motion frames found")
+    n = max(frames) + 1
+    poses = np.full((n, POSE_DIM), np.nan)
+    idx = np.fromiter(frames.keys(), dtype=np.int64)
+    poses[idx] = np.stack(list(frames.values()))
+    n_missing = int(n - len(frames))
+    return poses, n_missing
+
+
+def load_smpl_json(path):
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MotionFileError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from e
+    return parse_smpl_json(data, path)
+
+
+def fill_nearest(x):
+    """Replaces non-finite entries of x (F, D), per dimension, by the nearest finite frame's value
+    (earlier frame on ties). Returns (filled, n_frames_repaired, n_values_repaired). Vectorised."""
+    x = np.array(x, dtype=np.float64, copy=True)
+    bad = ~np.isfinite(x)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return x, 0, 0
+    n_frames_bad = int(bad.any(axis=1).sum())
+    F = x.shape[0]
+    frame_idx = np.arange(F)[:, None]
+    good = ~bad
+    # index of the last good frame at or before f, and of the first at or after f
+    prev = np.where(good, frame_idx, -1)
+    prev = np.maximum.accumulate(prev, axis=0)
+    nxt = np.where(good, frame_idx, F)
+    nxt = np.minimum.accumulate(nxt[::-1], axis=0)[::-1]
+    has_prev, has_next = prev >= 0, nxt < F
+    if not (has_prev | has_next).all():
+        raise MotionFileError("a motion dimension has no finite value at all")
+    d_prev = np.where(has_prev, frame_idx - prev, np.iinfo(np.int64).max)
+    d_next = np.where(has_next, nxt - frame_idx, np.iinfo(np.int64).max)
+    src = np.where(d_prev <= d_next, prev, nxt)
+    cols = np.broadcast_to(np.arange(x.shape[1]), x.shape)
+    x[bad] = x[src[bad], cols[bad]]
+    return x, n_frames_bad, n_bad
+
+
+def motion_features(poses, fps=30, sigma=SMOOTH_SIGMA):
+    """poses (..., F, 78), finite -> (..., F, 234) float32 [pose | velocity /s | acceleration /s^2].
+    Smoothing: Gaussian in time (sigma in frames, edges 'nearest'); derivatives by central
+    differences inside and one-sided at the ends (numpy.gradient). A leading batch axis (clips)
+    is processed in the same vectorised calls."""
+    poses = np.asarray(poses, dtype=np.float64)
+    if poses.ndim < 2 or poses.shape[-1] != POSE_DIM:
+        raise ValueError(f"poses must be (..., frames, {POSE_DIM}), got {poses.shape}")
+    if poses.shape[-2] < 3:
+        raise ValueError(f"need at least 3 frames for derivatives, got {poses.shape[-2]}")
+    smooth = gaussian_filter1d(poses, sigma, axis=-2, mode="nearest") if sigma > 0 else poses
+    dt = 1.0 / fps
+    vel = np.gradient(smooth, dt, axis=-2)
+    acc = np.gradient(vel, dt, axis=-2)
+    return np.concatenate([smooth, vel, acc], axis=-1).astype(np.float32)
+
+
+def mel_frame_times(n_frames, sr, hop):
+    """Centre time (s) of each mel frame of bigvgan's mel: frame i starts at sample
+    i*hop - (n_fft-hop)/2 (reflect padding) and spans n_fft samples, so its centre is i*hop + hop/2
+    whatever n_fft is."""
+    return (np.arange(n_frames) * hop + hop / 2.0) / sr
+
+
+def resample_to_mel(motion, fps, n_mel_frames, sr, hop):
+    """motion (F, D) at `fps` -> (n_mel_frames, D) by linear interpolation at the mel frame centres
+    (vectorised; times past the last frame hold the last frame)."""
+    motion = np.asarray(motion)
+    F = motion.shape[0]
+    pos = np.clip(mel_frame_times(n_mel_frames, sr, hop) * fps, 0, F - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, F - 1)
+    w = (pos - i0).astype(motion.dtype)[:, None]
+    return motion[i0] * (1 - w) + motion[i1] * w
+
+
+def joint_speed(motion_feats):
+    """(F, 234) features -> (F,) summed angular speed of the 24 SMPL joints (rad/s)."""
+    vel = np.asarray(motion_feats)[:, POSE_DIM:POSE_DIM + 72].reshape(-1, 24, 3)
+    return np.linalg.norm(vel, axis=-1).sum(-1)
+
+
+def clip_frame_range(start_s, t0_s, seconds, fps):
+    """Motion frames [frame_start, frame_end) of a clip starting at start_s in song time, when motion
+    frame 0 is at t0_s."""
+    frame_start = int(round((start_s - t0_s) * fps))
+    return frame_start, frame_start + int(round(seconds * fps))
+
+
+def clip_motion_features(poses_filled, bad_frames, frame_starts, n_frames, fps):
+    """Cuts clips out of a repaired song motion and computes their features in one batched call.
+    poses_filled (F, 78) finite; bad_frames (F,) bool (frames that were missing or held NaN/inf);
+    frame_starts (N,) ints with 0 <= s and s + n_frames <= F.
+    -> (features (N, n_frames, 234) float32, repaired frames per clip (N,) int)."""
+    idx = np.asarray(frame_starts, dtype=np.int64)[:, None] + np.arange(n_frames)[None, :]
+    return motion_features(poses_filled[idx], fps), bad_frames[idx].sum(1)
