@@ -1,0 +1,211 @@
+"""UNet1D_ultimate, its embeddings and the cross-attention block."""
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models.cross_attention import CrossAttentionBlock, copy_weights_across_impl  # noqa: E402
+from models.embedding import LyricEmbedding, sinusoidal_embedding  # noqa: E402
+from models.unet1d_ultimate import UNet1D_ultimate, norm_groups  # noqa: E402
+
+torch.set_num_threads(1)
+LYRIC_DIM = 24
+TINY = dict(lyric_dim=LYRIC_DIM, base_dim=16, dim_mults=(1, 2), cond_dim=16, time_emb_dim=32,
+            num_res_blocks=1, num_mid_blocks=1, num_heads=4, dropout=0.0)
+
+
+def tiny_model(seed=0, perturb=True, **overrides):
+    """A tiny UNet; `perturb` stands in for training so zero-initialised layers are non-trivial."""
+    torch.manual_seed(seed)
+    model = UNet1D_ultimate(**{**TINY, **overrides})
+    if perturb:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def inputs(batch=2, length=37, lyric_len=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 80, length, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    motion = torch.randn(batch, length, 234, generator=g)
+    lyrics = torch.randn(batch, lyric_len, LYRIC_DIM, generator=g)
+    pad = torch.zeros(batch, lyric_len, dtype=torch.bool)
+    pad[0, 3:] = True  # item 0 has 3 real tokens
+    return x, t, motion, lyrics, pad
+
+
+@pytest.mark.parametrize("length", [37, 516, 1])
+def test_output_shape_matches_input_for_any_length(length):
+    model = tiny_model(dim_mults=(1, 2, 2))
+    x, t, motion, lyrics, pad = inputs(length=length)
+    with torch.no_grad():
+        out = model(x, t, motion, lyrics, pad)
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all() and out.abs().max() > 0
+
+
+def test_fresh_model_outputs_zero_and_motion_length_may_differ():
+    model = tiny_model(perturb=False)
+    x, t, motion, lyrics, pad = inputs(length=40)
+    with torch.no_grad():
+        out = model(x, t, motion[:, :30], lyrics, pad)  # 30 motion frames for 40 mel frames
+    assert out.shape == x.shape and torch.equal(out, torch.zeros_like(out))
+
+
+def test_fresh_cross_attention_block_is_identity():
+    torch.manual_seed(0)
+    block = CrossAttentionBlock(32, 16, num_heads=4, pos_dim=16)
+    h = torch.randn(2, 32, 11)
+    motion_ctx = torch.randn(2, 11, 16)
+    lyric_ctx = torch.randn(2, 4, 16)
+    pad = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    out = block(h, motion_ctx, lyric_ctx, pad, sinusoidal_embedding(torch.arange(11.0), 16)[None])
+    assert torch.equal(out, h)
+
+
+def test_all_padding_row_gives_no_nan():
+    torch.manual_seed(0)
+    for impl in ("sdpa", "mha"):
+        block = CrossAttentionBlock(32, 16, num_heads=4, attn_impl=impl)
+        torch.nn.init.normal_(block.fuse.weight)
+        h = torch.randn(2, 32, 7, requires_grad=True)
+        pad = torch.tensor([[False, True, True], [True, True, True]])
+        out = block(h, torch.randn(2, 7, 16), torch.randn(2, 3, 16), pad)
+        out.sum().backward()
+        assert torch.isfinite(out).all() and torch.isfinite(h.grad).all()
+
+
+def test_dropping_conditions_changes_output_and_removes_their_influence():
+    model = tiny_model()
+    x, t, motion, lyrics, pad = inputs()
+    other_motion = torch.randn_like(motion)
+    other_lyrics = torch.randn_like(lyrics)
+    yes = torch.ones(2, dtype=torch.bool)
+    no = torch.zeros(2, dtype=torch.bool)
+    with torch.no_grad():
+        base = model(x, t, motion, lyrics, pad, drop_motion=no, drop_lyrics=no)
+        assert torch.equal(base, model(x, t, motion, lyrics, pad))  # no mask == nothing dropped
+        no_motion = model(x, t, motion, lyrics, pad, drop_motion=yes)
+        no_lyrics = model(x, t, motion, lyrics, pad, drop_lyrics=yes)
+        assert (no_motion - base).abs().max() > 1e-3
+        assert (no_lyrics - base).abs().max() > 1e-3
+        # the real conditions matter when kept ...
+        assert (model(x, t, other_motion, lyrics, pad) - base).abs().max() > 1e-3
+        assert (model(x, t, motion, other_lyrics, pad) - base).abs().max() > 1e-3
+        # ... and are ignored when dropped
+        torch.testing.assert_close(model(x, t, other_motion, lyrics, pad, drop_motion=yes), no_motion)
+        torch.testing.assert_close(model(x, t, motion, other_lyrics, pad, drop_lyrics=yes), no_lyrics)
+
+
+def test_doubled_batch_with_per_item_drops_matches_separate_forwards():
+    model = tiny_model()
+    x, t, motion, lyrics, pad = inputs()
+    drop = torch.tensor([False, False, True, True])
+    with torch.no_grad():
+        both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([motion, motion]),
+                     torch.cat([lyrics, lyrics]), torch.cat([pad, pad]), drop_motion=drop, drop_lyrics=drop)
+        cond = model(x, t, motion, lyrics, pad)
+        uncond = model(x, t, motion, lyrics, pad, drop_motion=torch.ones(2, dtype=torch.bool),
+                       drop_lyrics=torch.ones(2, dtype=torch.bool))
+    torch.testing.assert_close(both[:2], cond, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[2:], uncond, atol=1e-5, rtol=1e-5)
+
+
+def test_key_padding_hides_padded_tokens():
+    model = tiny_model()
+    x, t, motion, lyrics, pad = inputs()
+    changed = lyrics.clone()
+    changed[0, 3:] = torch.randn(2, LYRIC_DIM) * 100  # padded tokens of item 0
+    with torch.no_grad():
+        out = model(x, t, motion, lyrics, pad)
+        out_changed = model(x, t, motion, changed, pad)
+        # item 0 alone with only its 3 real tokens (no padding at all) gives the same result
+        out_short = model(x[:1], t[:1], motion[:1], lyrics[:1, :3], None)
+        out_unmasked = model(x, t, motion, changed, torch.zeros_like(pad))
+    assert torch.equal(out, out_changed)
+    torch.testing.assert_close(out_short, out[:1], atol=1e-5, rtol=1e-5)
+    assert (out_unmasked[0] - out[0]).abs().max() > 1e-3  # the mask is what hides them
+
+
+def test_lyric_embedding_null_token_and_mask():
+    torch.manual_seed(0)
+    embed = LyricEmbedding(LYRIC_DIM, 8)
+    lyrics = torch.randn(3, 4, LYRIC_DIM)
+    pad = torch.tensor([[False] * 4, [False, False, True, True], [True] * 4])
+    tokens, mask = embed(lyrics, pad, drop=torch.tensor([False, True, False]))
+    assert tokens.shape == (3, 5, 8) and mask.shape == (3, 5)
+    assert not mask[:, 0].any()  # the null token is always a valid key
+    assert mask[1, 1:].all()  # dropped: only the null token remains
+    assert mask.tolist()[0] == [False] * 5 and mask.tolist()[2] == [False] + [True] * 4
+    assert torch.equal(tokens[:, 0], embed.null_token.expand(3, 8))
+
+
+def test_mha_and_sdpa_give_equal_outputs_with_copied_weights():
+    sdpa = tiny_model(attn_impl="sdpa")
+    torch.manual_seed(123)
+    mha = UNet1D_ultimate(**{**TINY, "attn_impl": "mha"}).eval()
+    assert sum(p.numel() for p in sdpa.parameters()) == sum(p.numel() for p in mha.parameters())
+    copy_weights_across_impl(mha, sdpa)
+    x, t, motion, lyrics, pad = inputs()
+    with torch.no_grad():
+        out_sdpa = sdpa(x, t, motion, lyrics, pad, drop_lyrics=torch.tensor([False, True]))
+        out_mha = mha(x, t, motion, lyrics, pad, drop_lyrics=torch.tensor([False, True]))
+    assert out_sdpa.abs().max() > 1e-3
+    torch.testing.assert_close(out_mha, out_sdpa, atol=1e-5, rtol=1e-4)
+    # and back again
+    sdpa_again = UNet1D_ultimate(**{**TINY, "attn_impl": "sdpa"}).eval()
+    copy_weights_across_impl(sdpa_again, mha)
+    for (k, a), b in zip(sdpa.state_dict().items(), sdpa_again.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_mha_equals_sdpa_when_context_dim_equals_dim():
+    torch.manual_seed(0)
+    a = CrossAttentionBlock(16, 16, num_heads=4, attn_impl="sdpa")
+    b = CrossAttentionBlock(16, 16, num_heads=4, attn_impl="mha")  # packed in_proj_weight
+    torch.nn.init.normal_(a.fuse.weight)
+    copy_weights_across_impl(b, a)
+    h, m, l = torch.randn(2, 16, 9), torch.randn(2, 9, 16), torch.randn(2, 3, 16)
+    pad = torch.tensor([[False, False, True], [False, False, False]])
+    torch.testing.assert_close(b(h, m, l, pad), a(h, m, l, pad), atol=1e-5, rtol=1e-4)
+
+
+def test_config_round_trip_and_backward():
+    model = tiny_model()
+    config = json.loads(json.dumps(model.config))
+    assert config["dim_mults"] == [1, 2] and config["attn_impl"] == "sdpa"
+    rebuilt = UNet1D_ultimate(**config)
+    rebuilt.load_state_dict(model.state_dict())
+    x, t, motion, lyrics, pad = inputs()
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x, t, motion, lyrics, pad), model(x, t, motion, lyrics, pad))
+    model.train()
+    model(x, t, motion, lyrics, pad).pow(2).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert grads["motion_embed.null"].abs().sum() == 0  # motion not dropped: its null is unused
+    assert grads["lyric_embed.null_token"].abs().sum() > 0  # the null lyric token is always a key
+
+
+def test_group_norm_groups_divide_channels():
+    for channels in (16, 32, 48, 64, 96, 256, 1024):
+        assert channels % norm_groups(channels) == 0
+    model = UNet1D_ultimate(**{**TINY, "base_dim": 24, "num_heads": 3})
+    for m in model.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            assert m.num_channels % m.num_groups == 0
+
+
+def test_dropout_is_active_in_training_mode_only():
+    model = tiny_model(dropout=0.5)
+    x, t, motion, lyrics, pad = inputs()
+    with torch.no_grad():
+        assert torch.equal(model(x, t, motion, lyrics, pad), model(x, t, motion, lyrics, pad))
+        model.train()
+        assert not torch.equal(model(x, t, motion, lyrics, pad), model(x, t, motion, lyrics, pad))
