@@ -252,7 +252,12 @@ def _process_song_star(args):
 
 def _worker_init():
     import torch
+    import bigvgan.meldataset  # noqa: F401  (imported once per worker, while the text is encoded)
     torch.set_num_threads(1)  # one song per process: threads would only fight over the cores
+
+
+def _worker_ready():
+    return os.getpid()
 
 
 # ---- stats, manifest, report --------------------------------------------------------------------
@@ -334,6 +339,14 @@ def run(args):
     usable = [s for s in songs if "skip" not in s]
     n_expected = n_mel_frames(int(round(args.seconds * mel_cfg["sampling_rate"])), mel_cfg)
 
+    # worker processes start (and import torch/bigvgan) while the main process encodes the text
+    pool = None
+    if args.workers > 1 and len(usable) > 1:
+        import multiprocessing as mp
+        pool = ProcessPoolExecutor(max_workers=min(args.workers, len(usable)),
+                                   mp_context=mp.get_context("spawn"), initializer=_worker_init)
+        warm = [pool.submit(_worker_ready) for _ in range(min(args.workers, len(usable)))]
+
     # text: distinct lines of the clips still to write, encoded in batches (never one per clip)
     lines = sorted({c["lyric_text"] for s in usable for c in clips_to_write(s)})
     t = time.perf_counter()
@@ -345,19 +358,22 @@ def run(args):
         enc = LyricEncoder(args.text_encoder, device=str(pick_device(args.device)),
                            batch_size=args.text_batch)
         tokens, pooled = enc.encode(lines)
-        lyric_table = {line: (tok, pool) for line, tok, pool in zip(lines, tokens, pooled)}
+        lyric_table = {line: (tok, pool_) for line, tok, pool_ in zip(lines, tokens, pooled)}
         text_dim, text_name = enc.dim, enc.name
+        del enc
     t_text = time.perf_counter() - t
 
     results = []
     jobs = [(s, {c["lyric_text"]: lyric_table[c["lyric_text"]] for c in clips_to_write(s)},
              mel_cfg, text_name, out_clips, args.seconds, args.fps) for s in usable]
+    # biggest songs first so that no worker is left with a long song at the end
+    jobs.sort(key=lambda j: -len(clips_to_write(j[0])))
     bar = tqdm(total=len(jobs), desc="songs", unit="song", disable=args.quiet or not jobs)
-    if args.workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        with ProcessPoolExecutor(max_workers=args.workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_init) as ex:
-            futures = [ex.submit(_process_song_star, j) for j in jobs]
+    if pool is not None:
+        with pool:
+            for w in warm:
+                w.result()
+            futures = [pool.submit(_process_song_star, j) for j in jobs]
             for f in as_completed(futures):
                 results.append(f.result())
                 bar.update()

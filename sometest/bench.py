@@ -1,0 +1,362 @@
+"""The one place LM2A's speed is measured: preprocessing, data loading, training, sampling.
+
+    python sometest/bench.py [--quick] [--device auto] [--json bench.json] [--sections pre,load,train,sample]
+
+Every figure is the median of repeated runs after a warm-up; versions that are compared (SDPA vs
+nn.MultiheadAttention, preloaded vs per-item loader, DDIM-50 vs DDPM-1000, AMP vs fp32) are measured
+in the same run, interleaved. Prints a table and writes JSON. On CUDA the training and sampling rows
+are taken with fp32 and with AMP bf16, and peak GPU memory is reported.
+
+Sampling: one sampler step is one guided forward of the doubled batch plus the update; every step of
+a sampler costs the same, so seconds per clip = median step time x steps / batch (the step time is
+measured over --sample_steps steps of each sampler's own schedule; `--full_sampling` runs the whole
+DDIM-50 chain as a check).
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+# ---- defaults (edit here or pass --flag) --------------------------------------------------------
+REPEATS = 5            # timed repetitions per figure (median reported); --quick uses 2
+TRAIN_BATCHES = (4, 16)  # training batch sizes
+SAMPLE_BATCHES = (1, 8)  # sampling batch sizes
+SAMPLE_STEPS_TIMED = 5   # sampler steps timed per repetition
+T_MEL = 516            # mel frames of a 6 s clip
+LYRIC_TOKENS = 16      # tokens per lyric line in synthetic batches
+LYRIC_DIM = 384        # all-MiniLM-L6-v2
+DEMO_SONGS, DEMO_SECONDS = 5, 40.0  # the demo dataset (make demo)
+
+
+def median_time(fn, repeats, warmup=1, sync=None):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if sync:
+            sync()
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+def reset_peak_rss():
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb():
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+# ---- sections ------------------------------------------------------------------------------------
+def bench_preprocess(args, work):
+    """clips/s of preprocess.py on the demo data at 1 and 2 workers, with the time shares."""
+    import preprocess
+    from sometest.make_demo_data import make_demo_dataset
+
+    root = work / "JustLMD"
+    if not root.exists():
+        make_demo_dataset(root, DEMO_SONGS, DEMO_SECONDS, seed=0)
+    rows = []
+    for workers in (1, 2):
+        runs = []
+        for r in range(1 if args.quick else 3):
+            out = work / f"pre_w{workers}_{r}"
+            rep = preprocess.run(preprocess.build_parser().parse_args(
+                ["--data_root", str(root), "--out_dir", str(out), "--workers", str(workers), "--quiet"]))
+            runs.append(rep)
+        med = sorted(runs, key=lambda r: r["timings_s"]["total"])[len(runs) // 2]
+        tm = med["timings_s"]
+        rows.append({"workers": workers, "clips": med["clips_written"], "seconds": tm["total"],
+                     "clips_per_s": med["clips_written"] / tm["total"],
+                     "text_encoding_s": tm["text_encoding"], "audio_load_s": tm["audio_load"],
+                     "mel_s": tm["mel"], "motion_s": tm["motion"], "lines_encoded": med["lyric_lines_encoded"],
+                     "runs_s": [r["timings_s"]["total"] for r in runs]})
+    return {"preprocess": rows, "clips_dir": str(work / "pre_w1_0" / "clips")}
+
+
+class PerItemInterpDataset(torch.utils.data.Dataset):
+    """The baseline loader: reads the npz on every access and resamples motion one dimension at a
+    time with np.interp (the original study's way)."""
+
+    def __init__(self, files):
+        self.files = files
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        z = np.load(self.files[i])
+        mel, motion = z["mel"], z["motion"]
+        T = mel.shape[1]
+        t_mel = (np.arange(T) * 256 + 128) / 22050
+        t_mot = np.arange(motion.shape[0]) / 30
+        res = np.stack([np.interp(t_mel, t_mot, motion[:, d]) for d in range(motion.shape[1])], 1)
+        return {"mel": torch.from_numpy(mel.T.copy()), "motion": torch.from_numpy(res.astype(np.float32)),
+                "lyrics": torch.from_numpy(z["lyrics"]), "name": Path(self.files[i]).stem}
+
+
+def bench_loading(args, clips_dir):
+    from torch.utils.data import DataLoader
+    from dataset import MelDataset, collate_fn
+
+    reps = 2 if args.quick else REPEATS
+    files = sorted(Path(clips_dir).glob("*.npz"))
+    t = time.perf_counter()
+    ds = MelDataset(clips_dir)
+    load_s = time.perf_counter() - t
+
+    n_batches = 40  # per timed pass, drawn with replacement so a small split still gives many
+
+    def iterate(dataset, bs=16):
+        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=bs * n_batches)
+        for _ in DataLoader(dataset, batch_size=bs, sampler=sampler, collate_fn=collate_fn, num_workers=0):
+            pass
+
+    t_pre, _ = median_time(lambda: iterate(ds), reps)
+    base = PerItemInterpDataset(files)
+    t_base, _ = median_time(lambda: iterate(base), reps)
+    items = n_batches * 16
+    return {"loading": {"clips": len(ds), "preload_s": load_s, "preload_items_per_s": len(ds) / load_s,
+                        "batches_per_s": n_batches / t_pre, "items_per_s": items / t_pre,
+                        "baseline_per_item_interp_batches_per_s": n_batches / t_base,
+                        "baseline_items_per_s": items / t_base, "batch_size": 16}}
+
+
+def synthetic_batch(B, device, T=T_MEL, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lyr = torch.randn(B, LYRIC_TOKENS, LYRIC_DIM, generator=g)
+    pad = torch.zeros(B, LYRIC_TOKENS, dtype=torch.bool)
+    pad[B // 2:, LYRIC_TOKENS // 2:] = True
+    return {"mel": (torch.randn(B, 80, T, generator=g) - 5).to(device),
+            "motion": torch.randn(B, T, 234, generator=g).to(device), "lyrics": lyr.to(device),
+            "lyric_pad_mask": pad.to(device)}
+
+
+def build(attn_impl, device, model_kwargs=None):
+    from models.diffusion import GaussianDiffusion
+    from models.unet1d_ultimate import UNet1D_ultimate
+    torch.manual_seed(0)
+    net = UNet1D_ultimate(lyric_dim=LYRIC_DIM, attn_impl=attn_impl, **(model_kwargs or {}))
+    return GaussianDiffusion(net).to(device)
+
+
+def amp_context(device, amp):
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    from contextlib import nullcontext
+    return nullcontext()
+
+
+def bench_training(args, device):
+    """Median step time (loss, backward, clip, Adan step, EMA update) at the default model size."""
+    from models.adan import Adan
+    from train import make_ema
+
+    reps = 2 if args.quick else 3
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    amps = ("fp32", "bf16") if device.type == "cuda" else ("fp32",)
+    rows = []
+    for B in (TRAIN_BATCHES[:1] if args.quick else TRAIN_BATCHES):
+        batch = synthetic_batch(B, device)
+        for amp in amps:
+            for impl in ("sdpa", "mha"):
+                diff = build(impl, device)
+                if args.compile and impl == "sdpa":
+                    diff.model = torch.compile(diff.model)
+                opt = Adan(diff.model.parameters(), lr=1e-4)
+                ema = make_ema(diff.model, 0.999, 10)
+                g = torch.Generator(device=device).manual_seed(0)
+
+                def step():
+                    t = torch.randint(0, 1000, (B,), device=device, generator=g)
+                    with amp_context(device, amp):
+                        loss = diff.loss(batch["mel"], batch["motion"], batch["lyrics"],
+                                         lyric_pad_mask=batch["lyric_pad_mask"], t=t)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(diff.model.parameters(), 1.0)
+                    opt.step()
+                    ema.update_parameters(diff.model)
+
+                reset_peak_rss()
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                med, times = median_time(step, reps, warmup=1 if not args.compile else 2, sync=sync)
+                mem = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb())
+                rows.append({"batch": B, "amp": amp, "attn": impl + ("+compile" if args.compile and impl == "sdpa" else ""),
+                             "step_s": med, "samples_per_s": B / med, "peak_mem_mb": mem,
+                             "params": sum(p.numel() for p in diff.model.parameters()), "times": times})
+                del diff, opt, ema
+    return {"training": rows}
+
+
+def bench_sampling(args, device):
+    reps = 2 if args.quick else 3
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    amps = ("fp32", "bf16") if device.type == "cuda" else ("fp32",)
+    diff = build("sdpa", device).eval()
+    rows = []
+    for B in SAMPLE_BATCHES:
+        batch = synthetic_batch(B, device)
+        motion = diff.normalize_motion(batch["motion"])
+        for amp in amps:
+            for name, total_steps in (("ddpm", 1000), ("ddim", 50)):
+                sched = diff.make_sampler(name, clip_x0=6.0)
+                sched.set_timesteps(total_steps)
+                ts = sched.timesteps.tolist()[:SAMPLE_STEPS_TIMED]
+                x0 = torch.randn(B, 80, T_MEL, device=device)
+
+                @torch.no_grad()
+                def run():
+                    x = x0
+                    with amp_context(device, amp):
+                        for t in ts:
+                            out = diff.guided_output(x, t, motion, batch["lyrics"], batch["lyric_pad_mask"], 2.0)
+                            x = sched.step(out.float(), t, x).prev_sample
+
+                med, _ = median_time(run, reps, sync=sync)
+                per_step = med / len(ts)
+                rows.append({"sampler": f"{name.upper()}-{total_steps}", "batch": B, "amp": amp,
+                             "guidance": 2.0, "step_s": per_step,
+                             "s_per_clip": per_step * total_steps / B})
+    out = {"sampling": rows}
+    if args.full_sampling:
+        batch = synthetic_batch(1, device)
+        t = time.perf_counter()
+        diff.sample(batch["motion"], batch["lyrics"], batch["lyric_pad_mask"], sampler="ddim", steps=50,
+                    guidance=2.0, generator=torch.Generator(device=device).manual_seed(0))
+        out["ddim50_full_chain_batch1_s"] = time.perf_counter() - t
+    return out
+
+
+# ---- report ----------------------------------------------------------------------------------------
+def table(res):
+    lines = []
+    if "preprocess" in res:
+        lines += ["| preprocessing (demo data) | clips | s | clips/s | text enc. s | audio s | mel s | motion s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in res["preprocess"]:
+            lines.append(f"| --workers {r['workers']} | {r['clips']} | {r['seconds']:.2f} | {r['clips_per_s']:.2f} | "
+                         f"{r['text_encoding_s']:.2f} | {r['audio_load_s']:.2f} | {r['mel_s']:.2f} | {r['motion_s']:.2f} |")
+        lines.append("")
+    if "loading" in res:
+        L = res["loading"]
+        lines += ["| data loading (batch 16) | batches/s | items/s |", "|---|---|---|",
+                  f"| MelDataset preloaded (this code) | {L['batches_per_s']:.1f} | {L['items_per_s']:.0f} |",
+                  f"| per-item npz read + np.interp per dim (baseline) | {L['baseline_per_item_interp_batches_per_s']:.1f} | {L['baseline_items_per_s']:.0f} |",
+                  f"| preload (one-off) | | {L['preload_items_per_s']:.0f} |", ""]
+    if "training" in res:
+        lines += ["| training step (default size) | batch | amp | s/step | samples/s | peak mem MB |",
+                  "|---|---|---|---|---|---|"]
+        for r in res["training"]:
+            lines.append(f"| {r['attn']} | {r['batch']} | {r['amp']} | {r['step_s']:.3f} | {r['samples_per_s']:.2f} | {r['peak_mem_mb']:.0f} |")
+        lines.append("")
+    if "sampling" in res:
+        lines += ["| sampling, guidance 2 (doubled batch) | batch | amp | s/step | s/clip |", "|---|---|---|---|---|"]
+        for r in res["sampling"]:
+            lines.append(f"| {r['sampler']} | {r['batch']} | {r['amp']} | {r['step_s']:.3f} | {r['s_per_clip']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def ratios(res):
+    out = {}
+    if "training" in res:
+        for B in {r["batch"] for r in res["training"]}:
+            for amp in {r["amp"] for r in res["training"]}:
+                rows = {r["attn"].split("+")[0]: r for r in res["training"] if r["batch"] == B and r["amp"] == amp}
+                if {"sdpa", "mha"} <= set(rows):
+                    out[f"train_mha_over_sdpa_b{B}_{amp}"] = rows["mha"]["step_s"] / rows["sdpa"]["step_s"]
+    if "sampling" in res:
+        for B in SAMPLE_BATCHES:
+            for amp in {r["amp"] for r in res["sampling"]}:
+                rows = {r["sampler"]: r for r in res["sampling"] if r["batch"] == B and r["amp"] == amp}
+                if {"DDPM-1000", "DDIM-50"} <= set(rows):
+                    out[f"ddim50_speedup_b{B}_{amp}"] = rows["DDPM-1000"]["s_per_clip"] / rows["DDIM-50"]["s_per_clip"]
+    if "loading" in res and "training" in res:
+        fp32 = [r for r in res["training"] if r["amp"] == "fp32" and r["attn"] == "sdpa" and r["batch"] == 16] or \
+               [r for r in res["training"] if r["amp"] == "fp32" and r["attn"] == "sdpa"]
+        if fp32:
+            out["loader_batches_per_train_step"] = res["loading"]["batches_per_s"] * fp32[0]["step_s"]
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer repeats, batch 4 only, 1 preprocessing run")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--sections", default="pre,load,train,sample")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile for training (sdpa)")
+    p.add_argument("--full_sampling", action="store_true", help="also run one whole DDIM-50 chain")
+    p.add_argument("--work_dir", default=None, help="where demo data and clips go (default: a temp dir)")
+    args = p.parse_args(argv)
+    from lm2a import pick_device
+    device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sections = set(args.sections.split(","))
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="lm2a_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    res = {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit, "device": str(device),
+           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+           "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "quick": args.quick, "command": "python sometest/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    t0 = time.perf_counter()
+    clips_dir = None
+    if "pre" in sections or "load" in sections:
+        r = bench_preprocess(args, work)
+        clips_dir = r.pop("clips_dir")
+        if "pre" in sections:
+            res.update(r)
+    if "load" in sections:
+        res.update(bench_loading(args, clips_dir))
+    if "train" in sections:
+        res.update(bench_training(args, device))
+    if "sample" in sections:
+        res.update(bench_sampling(args, device))
+    res["ratios"] = ratios(res)
+    res["seconds"] = time.perf_counter() - t0
+    print(table(res))
+    for k, v in res["ratios"].items():
+        print(f"{k}: {v:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    print(f"bench: {len(sections)} sections on {res['device']} ({res['threads']} threads) in {res['seconds']:.0f} s"
+          + (f" -> {args.json}" if args.json else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
