@@ -52,9 +52,15 @@ def _extract(a, t, x):
 
 def _randn(shape, generator, device, dtype):
     """Noise from `generator` (on its own device, so a CPU generator gives the same numbers
-    whatever device the model is on), moved to `device`."""
+    whatever device the model is on), moved to `device`. A list of generators, one per batch item,
+    gives each item its own noise stream: an item's samples then do not depend on its batch."""
     if generator is None:
         return torch.randn(shape, device=device, dtype=dtype)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype)
+                            for g in generator]).to(device)
     return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 

@@ -1,0 +1,156 @@
+"""val.py (stage 5): rows per clip and kind, summary keys, plots; generated files equal to the real
+mels score perfectly while the chance row does not; the uncond row is the guidance-0 generation."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import sample
+import val
+from lm2a.lyrics import DEFAULT_TEXT_ENCODER
+from tests.fakeclips import write_fake_clips
+from tests.test_sample import make_checkpoint
+
+PLOTS = ("mel_pairs.png", "metrics_bars.png", "hist_metrics.png")
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("val")
+    paths = write_fake_clips(root / "test", n=4, mel_frames=64, n_songs=2, seed=7,
+                             text_encoder=DEFAULT_TEXT_ENCODER)
+    ckpt = make_checkpoint(root / "ckpt" / "step_00000009.pt", root / "test", step=9)
+    return {"root": root, "dir": root / "test", "paths": paths, "ckpt": ckpt}
+
+
+def test_generates_and_writes_rows_summary_and_plots(clips, capsys):
+    out = clips["root"] / "val"
+    rc = val.main(["--ckpt", str(clips["ckpt"]), "--npz_dir", str(clips["dir"]), "--out_dir", str(out),
+                   "--steps", "2", "--batch_size", "3", "--seed", "4", "--quiet"])
+    assert rc == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("val.py: evaluated 4 clips") and "beat alignment model" in line
+
+    rows = read_rows(out / "per_clip.csv")
+    assert len(rows) == 12
+    names = sorted(p.stem for p in clips["paths"])
+    for kind in ("model", "uncond", "chance"):
+        assert sorted(r["name"] for r in rows if r["row"] == kind) == names
+    for r in rows:
+        assert np.isfinite(float(r["mse"])) and float(r["mse"]) > 0
+        assert -1 <= float(r["ssim"]) <= 1 and 0 <= float(r["onset_f1"]) <= 1
+    songs = {p.stem: p.stem.split("__")[0] for p in clips["paths"]}
+    for r in rows:
+        if r["row"] == "chance":  # 2 songs x 2 clips: every clip can be paired with another song
+            assert songs[r["paired_with"]] != songs[r["name"]]
+        if r["row"] == "model":
+            assert r["beat_align_shuffled"] != "" and r["beat_align_real"] != ""
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) >= {"settings", "counts", "rows", "frechet", "beat_alignment", "seconds"}
+    s = summary["settings"]
+    assert (s["sampler"], s["steps"], s["eta"], s["guidance"], s["seed"]) == ("ddim", 2, 0.0, 2.0, 4)
+    assert s["ckpt_step"] == 9 and s["ckpt_path"].endswith("step_00000009.pt") and s["chance_seed"] == 4
+    assert s["uncond"]["guidance"] == 0.0 and s["uncond"]["seed"] == 4 and s["uncond"]["steps"] == 2
+    assert summary["counts"]["clips_evaluated"] == 4 and summary["counts"]["rows"] == \
+        {"model": 4, "uncond": 4, "chance": 4}
+    for kind in ("model", "uncond", "chance"):
+        m = summary["rows"][kind]["metrics"]
+        for metric in ("mse", "ssim", "cosine", "mean_error", "std_error", "snr_db", "lsd_db",
+                       "onset_f1", "beat_align"):
+            assert set(m[metric]) >= {"mean", "std", "median"}
+        vals = [float(r["mse"]) for r in rows if r["row"] == kind]
+        assert m["mse"]["mean"] == pytest.approx(np.mean(vals), rel=1e-4)
+    assert summary["frechet"]["model"] > 0 and summary["frechet"]["uncond"] > 0
+    assert summary["frechet"]["real_split_half"] is not None and summary["frechet"]["chance"] is None
+    assert set(summary["beat_alignment"]) == {"model", "uncond", "chance", "shuffled", "real"}
+    for name in PLOTS:
+        assert (out / name).stat().st_size > 1000
+
+    # the model and uncond rows are sample.py's generations with the same seed and batches
+    diffusion, info = sample.load_model(clips["ckpt"], "cpu")
+    kw = dict(sampler="ddim", steps=2, eta=0.0, seed=4, batch_size=3, progress=False)
+    for folder, guidance in (("generated", 2.0), ("generated_uncond", 0.0)):
+        results, _ = sample.generate_for_files(diffusion, info, clips["paths"], None, guidance=guidance, **kw)
+        for r in results:
+            with np.load(out / folder / f"{r['name']}_gen.npz") as g:
+                np.testing.assert_array_equal(g["mel"], r["mel"])
+    from lm2a.metrics import mse
+    first_clip = clips["paths"][0]
+    with np.load(first_clip) as c, np.load(out / "generated_uncond" / f"{first_clip.stem}_gen.npz") as g:
+        row = next(r for r in rows if r["row"] == "uncond" and r["name"] == first_clip.stem)
+        assert float(row["mse"]) == pytest.approx(mse(c["mel"], g["mel"]), rel=1e-4)
+
+    # reading those files back with --gen_dir gives the same rows: the uncond row takes the
+    # recorded sampler and steps (not the default 50), and a clip's noise depends only on (seed, name)
+    out2 = clips["root"] / "val_gen_dir"
+    assert val.main(["--ckpt", str(clips["ckpt"]), "--npz_dir", str(clips["dir"]), "--gen_dir",
+                     str(out / "generated"), "--out_dir", str(out2), "--batch_size", "4", "--seed", "4",
+                     "--quiet"]) == 0  # --seed 4: the same chance pairs
+    again = read_rows(out2 / "per_clip.csv")
+    key = lambda r: (r["row"], r["name"])  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, rows))
+    first = {key(r): r for r in rows}
+    for r in again:
+        for metric in ("mse", "ssim", "onset_f1", "beat_align"):
+            assert float(r[metric]) == pytest.approx(float(first[key(r)][metric]), rel=1e-3, abs=1e-6)
+
+
+def test_gen_dir_equal_to_real_scores_perfectly(clips, tmp_path, capsys):
+    real = write_fake_clips(tmp_path / "test", n=6, mel_frames=516, n_songs=3, seed=2,
+                            text_encoder=DEFAULT_TEXT_ENCODER)
+    gen_dir = tmp_path / "gen"
+    gen_dir.mkdir()
+    for p in real[:-1]:  # the last clip has no generated file: skipped
+        with np.load(p) as z:
+            np.savez(gen_dir / f"{p.stem}_gen.npz", mel=z["mel"], mel_config=z["mel_config"],
+                     sampler=np.str_("ddpm"), steps=np.int64(17), seed=np.int64(3))
+    out = tmp_path / "val"
+    rc = val.main(["--npz_dir", str(tmp_path / "test"), "--gen_dir", str(gen_dir), "--out_dir", str(out),
+                   "--ckpt", str(tmp_path / "no_such_ckpt"), "--quiet"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "uncond row skipped" in err and "no generated file" in err
+
+    rows = read_rows(out / "per_clip.csv")
+    model = [r for r in rows if r["row"] == "model"]
+    chance = [r for r in rows if r["row"] == "chance"]
+    assert len(model) == len(chance) == 5 and not [r for r in rows if r["row"] == "uncond"]
+    for r in model:
+        assert float(r["mse"]) == 0 and float(r["ssim"]) == pytest.approx(1.0)
+        assert float(r["onset_f1"]) == 1 and float(r["lsd_db"]) == 0 and r["snr_db"] == "inf"
+        assert r["beat_align"] == r["beat_align_real"]  # same audio, same motion
+    summary = json.loads((out / "summary.json").read_text())
+    rows_s = summary["rows"]
+    assert rows_s["model"]["metrics"]["mse"]["mean"] == 0
+    assert rows_s["chance"]["metrics"]["mse"]["mean"] > 0.1
+    assert rows_s["chance"]["metrics"]["ssim"]["mean"] < 0.9
+    assert rows_s["chance"]["metrics"]["onset_f1"]["mean"] < 1.0
+    assert rows_s["model"]["metrics"]["snr_db"]["n_inf"] == 5
+    assert summary["frechet"]["model"] == pytest.approx(0.0, abs=1e-6)
+    assert summary["counts"] == {"clips_listed": 6, "clips_evaluated": 5, "clips_skipped": 1, "songs": 3,
+                                 "rows": {"model": 5, "chance": 5}}
+    s = summary["settings"]  # as the generated files record them; what they do not say is None
+    assert (s["sampler"], s["steps"], s["seed"], s["guidance"], s["uncond"]) == ("ddpm", 17, 3, None, None)
+    for name in PLOTS:
+        assert (out / name).is_file()
+
+    # --no_references: model rows only
+    out2 = tmp_path / "val2"
+    assert val.main(["--npz_dir", str(tmp_path / "test"), "--gen_dir", str(gen_dir), "--out_dir", str(out2),
+                     "--no_references", "--max_samples", "3", "--quiet"]) == 0
+    rows = read_rows(out2 / "per_clip.csv")
+    assert [r["row"] for r in rows] == ["model"] * 3 and rows[0]["beat_align_shuffled"] == ""
+
+
+def test_bad_inputs_fail_with_a_message(tmp_path, capsys):
+    assert val.main(["--npz_dir", str(tmp_path / "missing"), "--out_dir", str(tmp_path / "v"), "--quiet"]) == 2
+    assert "missing" in capsys.readouterr().err
