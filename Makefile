@@ -26,10 +26,25 @@ test: venv
 	$(PY) -m pytest -q tests
 
 # Every stage on the demo data, on CPU. Outputs land in $(DEMO)/ (git-ignored).
+DEMO_STEPS ?= 1000
 demo: venv
-	$(PY) sometest/make_demo_data.py --out $(DEMO)/JustLMD --force
+	$(PY) sometest/make_demo_data.py --out $(DEMO)/JustLMD --songs 8 --seconds 60 --force
 	$(PY) preprocess.py --data_root $(DEMO)/JustLMD --out_dir $(DEMO)/lm2a --workers 2
 	$(PY) newsplit_npz.py --npz_dir $(DEMO)/lm2a/clips --out_dir $(DEMO)/split --force
+	$(PY) train.py --npz_dir $(DEMO)/split/train --val_npz_dir $(DEMO)/split/val --save_dir $(DEMO)/runs/tiny \
+	    --force --max_steps $(DEMO_STEPS) --batch_size 8 --base_dim 32 --dim_mults 1,2 --objective v \
+	    --lr 1e-3 --warmup_steps 50 --val_every 250 --save_every 250 --device cpu
+	$(PY) sometest/plot_losses.py $(DEMO)/runs/tiny --out $(DEMO)/runs/tiny/losses.png
+	$(PY) sample.py --ckpt $(DEMO)/runs/tiny --npz_dir $(DEMO)/split/test --out_dir $(DEMO)/generated \
+	    --sampler ddim --steps 50 --guidance 2.0 --device cpu
+	$(PY) val.py --ckpt $(DEMO)/runs/tiny --npz_dir $(DEMO)/split/test --gen_dir $(DEMO)/generated \
+	    --out_dir $(DEMO)/val --device cpu
+	$(PY) testwav.py --npz_dir $(DEMO)/generated --out_dir $(DEMO)/wav --device cpu
+	@echo
+	@echo "demo done:"
+	@echo "  wav files      $(DEMO)/wav/"
+	@echo "  mel plots      $(DEMO)/generated/*.png, $(DEMO)/val/*.png, loss curves $(DEMO)/runs/tiny/losses.png"
+	@echo "  metrics        $(DEMO)/val/summary.json (per clip: $(DEMO)/val/per_clip.csv)"
 
 bench: venv
 	$(PY) sometest/bench.py --json BENCHMARKS.json

@@ -1,1 +1,2 @@
-# Makes the repository root importable in tests (stage scripts and lm2a/ live there).
+# pytest puts this folder (the repository root) on sys.path, so tests import the stage scripts,
+# lm2a/, models/ and sometest/ directly.

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for `sometest`
 from sometest.make_demo_data import (FPS, main, make_demo_dataset, motion_beat_times,  # noqa: E402
                                      smpl_frames, word_note)
 

@@ -1,13 +1,11 @@
 """Adan optimizer: equals a plain reference implementation, minimises a quadratic, resumes exactly."""
 import io
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.adan import Adan  # noqa: E402
 
 

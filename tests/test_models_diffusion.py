@@ -1,13 +1,11 @@
 """GaussianDiffusion: schedules, forward process and posterior against closed forms, samplers on an
 analytically solvable toy (Gaussian data, exact eps), guidance batching, loss."""
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.diffusion import (DDIMSampler, DDPMSampler, GaussianDiffusion,  # noqa: E402
                               cosine_beta_schedule, linear_beta_schedule)
 from models.unet1d_ultimate import UNet1D_ultimate  # noqa: E402

@@ -1,13 +1,11 @@
 """UNet1D_ultimate, its embeddings and the cross-attention block."""
 import copy
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.cross_attention import CrossAttentionBlock, copy_weights_across_impl  # noqa: E402
 from models.embedding import LyricEmbedding, sinusoidal_embedding  # noqa: E402
 from models.unet1d_ultimate import UNet1D_ultimate, norm_groups  # noqa: E402
