@@ -25,7 +25,7 @@ import soundfile as sf
 
 from lm2a import DEFAULT_VOCODER_CONFIG, SCHEMA_VERSION
 from lm2a.audio import AudioFileError, compute_mel, load_audio, n_mel_frames
-from lm2a.clipio import clip_name, is_clip_file, save_npz_atomic
+from lm2a.clipio import clip_name, is_clip_file, save_npz_atomic, write_text_atomic
 from lm2a.lyrics import DEFAULT_TEXT_ENCODER, encoder_display_name
 from lm2a.melconfig import load_mel_config, mel_config_to_json
 from lm2a.motion import (MOTION_DIM, MotionFileError, clip_frame_range, clip_motion_features,
@@ -286,13 +286,6 @@ def manifest_row_from_npz(path):
                 "frame_start": g("frame_start"), "frame_end": g("frame_end"),
                 "mel_frames": z["mel"].shape[-1], "lyric_tokens": z["lyrics"].shape[0],
                 "motion_repaired_frames": g("motion_repaired_frames"), "lyric_text": g("lyric_text")}
-
-
-def write_text_atomic(path, text):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_manifest(path, rows):

@@ -28,7 +28,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import sample
+from lm2a.clipio import write_text_atomic
 
 # ---- defaults (edit here or pass --flag) --------------------------------------------------------
 CKPT = sample.CKPT             # checkpoint file or folder (newest); optional with --gen_dir
@@ -236,13 +236,6 @@ def json_clean(x):
     if isinstance(x, Path):
         return str(x)
     return x
-
-
-def write_text_atomic(path, text):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_csv(path, rows):

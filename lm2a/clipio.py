@@ -64,6 +64,14 @@ def save_npz_atomic(path, **arrays):
         raise
 
 
+def write_text_atomic(path, text):
+    """Text file through a temp file + rename (reports, manifests, csv)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def _str(x):
     return str(x.item() if hasattr(x, "item") else x)
 
