@@ -162,12 +162,7 @@ def test_onset_times_of_real_clicks_through_bigvgan_mel():
     from bigvgan.meldataset import get_mel_spectrogram
     from lm2a import DEFAULT_VOCODER_CONFIG
     from pathlib import Path
-    config = DEFAULT_VOCODER_CONFIG
-    if not Path(config).exists():
-        config = Path(__file__).resolve().parents[2] / "shared/bigvgan_configs/bigvgan_v2_22khz_80band_256x.json"
-    if not Path(config).exists():
-        pytest.skip("no bigvgan_v2_22khz_80band_256x config.json")
-    h = AttrDict(json.loads(Path(config).read_text()))
+    h = AttrDict(json.loads(Path(DEFAULT_VOCODER_CONFIG).read_text()))  # shipped in BigVGAN/
     rng = np.random.default_rng(9)
     y = 0.001 * rng.standard_normal(3 * SR)
     hits = np.array([0.31, 0.77, 1.2, 1.64, 2.13, 2.6])
