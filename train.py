@@ -37,6 +37,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ from lm2a.config import add_config_flags, config_from_args, constants_for
 from lm2a.monitor import SAMPLE_FIGURES
 from lm2a.training import LOG_COLUMNS, TrainConfig
 from models.diffusion import DiffusionConfig
+from models.motion_features import motion_feature_dim
 from models.unet1d_ultimate import UNetConfig
 
 # ---- data and output
@@ -68,9 +70,10 @@ DROPOUT = 0.1                  # dropout inside the UNet
 # ---- diffusion (models/diffusion.py DiffusionConfig)
 TIMESTEPS = 1000               # diffusion steps T
 BETA_SCHEDULE = "linear"       # "linear" or "cosine"
-OBJECTIVE = "eps"              # network predicts "eps" (noise) or "v"
+OBJECTIVE = "v"                # network predicts "eps" (noise) or "v" (RESULTS.md, issue 9)
+MOTION_FEATURES = "rhythm"     # "raw" 234 features or "rhythm" channels (models/motion_features.py)
 # ---- optimisation (lm2a/training.py TrainConfig)
-LR = 3e-4                      # peak learning rate (Adan)
+LR = 1e-3                      # peak learning rate (Adan)
 WEIGHT_DECAY = 0.02            # Adan decoupled weight decay
 WARMUP_STEPS = 500             # linear LR warm-up (capped at a tenth of the run)
 LR_SCHEDULE = "cosine"         # after warm-up: "cosine", "step" or "constant"
@@ -83,6 +86,9 @@ EMA_WARMUP = 10                # EMA warm-up constant (n = EMA updates so far)
 P_DROP_MOTION = 0.1            # items with only the motion condition dropped
 P_DROP_LYRICS = 0.1            # items with only the lyrics condition dropped
 P_DROP_BOTH = 0.1              # items with both conditions dropped (unconditional)
+AUG_MIRROR = 0.5               # share of training clips with the dancer mirrored left-right
+AUG_LYRIC_SWAP = 0.8           # share of training clips given another clip's lyric line
+AUG_GAIN = 0.1                 # std of a random log-mel level offset per training clip (ln units)
 AMP = "auto"                   # auto: CUDA bf16 (fp16+GradScaler if no bf16), CPU off; on, off, bf16, fp16
 SEED = 0                       # seeds model init, data order and per-step noise
 # ---- bookkeeping
@@ -172,8 +178,11 @@ def resolve_configs(args, ckpt, lyric_dim):
                 if given is not None and given != have:
                     raise SystemExit(f"train.py: {ckpt['_path']} was trained with {name}={have}; "
                                      f"--{name} {given} cannot change it on --resume")
-    return (config_from_args(UNetConfig, args, model_base),
-            config_from_args(DiffusionConfig, args, diffusion_base))
+    diffusion_cfg = config_from_args(DiffusionConfig, args, diffusion_base)
+    model_cfg = config_from_args(UNetConfig, args, model_base)
+    if ckpt is None:  # the network's motion input follows the chosen motion features
+        model_cfg = replace(model_cfg, motion_dim=motion_feature_dim(diffusion_cfg.motion_features))
+    return model_cfg, diffusion_cfg
 
 
 def check_clip_configs(train_ds, val_ds, ckpt):
@@ -415,8 +424,9 @@ def setup(args, rank, world, device, log):
     train_cfg = config_from_args(TrainConfig, args)
     random.seed(train_cfg.seed)
     np.random.seed(train_cfg.seed)
-    train_ds = MelDataset(args.npz_dir, in_memory=True, progress=is_main)
-    val_ds = MelDataset(args.val_npz_dir, in_memory=True, progress=is_main) if args.val_npz_dir else None
+    bars = is_main and not args.no_progress
+    train_ds = MelDataset(args.npz_dir, in_memory=True, progress=bars)
+    val_ds = MelDataset(args.val_npz_dir, in_memory=True, progress=bars) if args.val_npz_dir else None
     mel_config = check_clip_configs(train_ds, val_ds, ckpt)
     model_cfg, diffusion_cfg = resolve_configs(args, ckpt, train_ds.lyric_dim)
     norm_stats = {k: v.float() for k, v in ckpt["norm_stats"].items()} if ckpt else \
@@ -453,7 +463,8 @@ def setup(args, rank, world, device, log):
     amp = str(parts.amp_dtype).replace("torch.", "") if parts.amp_dtype else "off"
     log(f"train.py: UNet1D_ultimate {sum(p.numel() for p in parts.model.parameters()) / 1e6:.2f}M "
         f"parameters (base_dim {model_cfg.base_dim}, dim_mults {','.join(map(str, model_cfg.dim_mults))}, "
-        f"cond_dim {model_cfg.cond_dim}); {len(train_ds)} train / {len(val_ds) if val_ds else 0} val "
+        f"cond_dim {model_cfg.cond_dim}; {diffusion_cfg.objective} objective, {diffusion_cfg.motion_features} "
+        f"motion features); {len(train_ds)} train / {len(val_ds) if val_ds else 0} val "
         f"clips; {sampler.batches_per_epoch} steps per epoch x {world} process(es); {total_steps} steps; "
         f"device {device}, amp {amp}{' + GradScaler' if parts.scaler else ''}")
     return Run(args, parts, state, save_dir, val_ds, meta, is_main), loader, sampler, total_steps

@@ -110,7 +110,7 @@ def attention_maps(diffusion, item, mel, layer=None, t=None, seed=0):
     steps = torch.full((1,), t, dtype=torch.long, device=device)
     xt = diffusion.q_sample(x0, steps, noise).to(x0.dtype)                 # (1, 80, T)
     with torch.no_grad(), record_attention(model, layer) as block:
-        model(xt, steps, diffusion.normalize_motion(batch["motion"].to(device)),
+        model(xt, steps, diffusion.motion_input(batch["motion"].to(device)),
               batch["lyrics"].to(device), lyric_pad_mask=batch["lyric_pad_mask"].to(device))
         weights = {k: v[0].float().cpu().numpy() for k, v in block.attention_weights.items()}
     length = x0.shape[-1]

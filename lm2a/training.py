@@ -43,6 +43,11 @@ class TrainConfig:
     p_drop_motion: float = hparam(0.1, "items with only the motion condition dropped")
     p_drop_lyrics: float = hparam(0.1, "items with only the lyrics condition dropped")
     p_drop_both: float = hparam(0.1, "items with both conditions dropped (unconditional)")
+    aug_mirror: float = hparam(0.0, "share of training clips whose dancer is mirrored left-right")
+    aug_lyric_swap: float = hparam(0.0, "share of training clips given another clip's lyric line, so "
+                                         "the lyrics cannot serve as a song ID")
+    aug_gain: float = hparam(0.0, "std of a random level offset added to a training clip's log-mel "
+                                  "(natural-log units; 0.23 = 2 dB)")
     amp: str = hparam("auto", "auto: CUDA bf16 (fp16 + GradScaler without bf16), CPU off; --amp alone = on",
                       choices=("auto", "on", "off", "bf16", "fp16"),
                       flag_kwargs=dict(nargs="?", const="on"))
@@ -53,6 +58,11 @@ class TrainConfig:
             raise ValueError("--batch_size must be >= 1")
         if self.p_drop_motion + self.p_drop_lyrics + self.p_drop_both > 1.0 + 1e-9:
             raise ValueError("--p_drop_motion + --p_drop_lyrics + --p_drop_both must be <= 1")
+        for name in ("aug_mirror", "aug_lyric_swap"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"--{name} is a share of clips: 0 <= it <= 1")
+        if self.aug_gain < 0:
+            raise ValueError("--aug_gain is a standard deviation: >= 0")
 
 
 @dataclass
@@ -193,6 +203,34 @@ def pad_lyrics(batch, length):
     return {**batch, "lyrics": lyrics, "lyric_pad_mask": mask}
 
 
+def augment(batch, p_mirror, gain_std, p_lyric_swap=0.0):
+    """Training augmentation (torch's global RNG, which train_step seeds per step; a setting of 0
+    draws nothing). Two keep the music-motion link: each clip's dancer mirrored left-right with
+    probability p_mirror (models/motion_features.mirror_raw_motion), and a level offset
+    ~ N(0, gain_std) added to each clip's log-mel (a gain change of the whole clip). The third
+    weakens the lyrics-song link: with probability p_lyric_swap a clip gets the lyric line of
+    another clip of the batch (never its own). Unlike condition dropout, which only teaches
+    the null condition, a swapped line is a wrong one, so the model learns to trust the lyrics only
+    as far as they predict the music across songs, not to read them as a song's name.
+    Returns a new batch dict."""
+    from models.motion_features import mirror_raw_motion
+    out = dict(batch)
+    if p_mirror > 0:
+        flip = torch.rand(batch["motion"].shape[0], device=batch["motion"].device) < p_mirror
+        out["motion"] = torch.where(flip[:, None, None], mirror_raw_motion(batch["motion"]), batch["motion"])
+    if gain_std > 0:
+        out["mel"] = batch["mel"] + gain_std * torch.randn(batch["mel"].shape[0], 1, 1, device=batch["mel"].device)
+    B = batch["lyrics"].shape[0] if "lyrics" in batch else 0
+    if p_lyric_swap > 0 and B > 1:
+        device = batch["lyrics"].device
+        swap = torch.rand(B, device=device) < p_lyric_swap
+        perm = torch.randperm(B, device=device)
+        perm = torch.where(perm == torch.arange(B, device=device), perm.roll(1), perm)  # no clip keeps its own
+        src = torch.where(swap, perm, torch.arange(B, device=device))
+        out["lyrics"], out["lyric_pad_mask"] = batch["lyrics"][src], batch["lyric_pad_mask"][src]
+    return out
+
+
 @dataclass
 class StepResult:
     loss: float       # mean loss over all processes (NaN/inf when the step was skipped)
@@ -218,6 +256,7 @@ def train_step(parts: TrainParts, batch, step, stop=False) -> StepResult:
     noise = torch.randn(B, mel_dim, frames, device=device)
     drop_motion, drop_lyrics = condition_dropout_masks(
         B, cfg.p_drop_motion, cfg.p_drop_lyrics, cfg.p_drop_both, device)
+    batch = augment(batch, cfg.aug_mirror, cfg.aug_gain, cfg.aug_lyric_swap)  # draws after the above
     lr = parts.optimizer.param_groups[0]["lr"]
     with parts.autocast():
         loss = parts.diffusion.loss(batch["mel"], batch["motion"], batch["lyrics"],

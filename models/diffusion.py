@@ -17,6 +17,7 @@ from torch import nn
 from lm2a import MOTION_DIM, NUM_MELS
 
 from .hparams import hparam
+from .motion_features import MOTION_FEATURES, motion_feature_dim, rhythm_features
 from .schedulers import SAMPLERS
 
 __all__ = ["linear_beta_schedule", "cosine_beta_schedule", "GaussianDiffusion", "DiffusionConfig",
@@ -52,6 +53,9 @@ class DiffusionConfig:
     timesteps: int = hparam(1000, "diffusion steps T")
     beta_schedule: str = hparam("linear", "noise schedule", choices=tuple(BETA_SCHEDULES))
     objective: str = hparam("eps", 'the network predicts "eps" (noise) or "v"', choices=OBJECTIVES)
+    motion_features: str = hparam("raw", "what the network sees of the dance: raw features, or rhythm "
+                                         "channels without pose or position (models/motion_features.py)",
+                                  choices=MOTION_FEATURES)
 
     def __post_init__(self):
         if self.beta_schedule not in tuple(BETA_SCHEDULES):
@@ -59,6 +63,7 @@ class DiffusionConfig:
                              f"{tuple(BETA_SCHEDULES)}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}: choose one of {OBJECTIVES}")
+        motion_feature_dim(self.motion_features)  # raises on an unknown name
 
 
 
@@ -151,8 +156,17 @@ class GaussianDiffusion(nn.Module):
         self.objective = config.objective
         self.mel_dim = int(getattr(model, "mel_dim", None)
                            or (len(mel_mean) if mel_mean is not None else NUM_MELS))
-        self.motion_dim = int(getattr(model, "motion_dim", None)
-                              or (len(motion_mean) if motion_mean is not None else MOTION_DIM))
+        # motion_dim: the RAW features' width (the normalisation stats); the network takes
+        # motion_feature_dim(config.motion_features) channels of it
+        net_motion_dim = getattr(model, "motion_dim", None)
+        if config.motion_features == "raw":
+            self.motion_dim = int(net_motion_dim or (len(motion_mean) if motion_mean is not None else MOTION_DIM))
+        else:
+            self.motion_dim = len(motion_mean) if motion_mean is not None else MOTION_DIM
+            want = motion_feature_dim(config.motion_features)
+            if net_motion_dim is not None and net_motion_dim != want:
+                raise ValueError(f"GaussianDiffusion: motion_features={config.motion_features!r} gives "
+                                 f"{want} channels but the network takes motion_dim={net_motion_dim}")
 
         self.register_buffer("mel_mean", _stat_tensor(mel_mean, 0.0, self.mel_dim, "mel_mean"))
         self.register_buffer("mel_std", _stat_tensor(mel_std, 1.0, self.mel_dim, "mel_std"))
@@ -187,7 +201,11 @@ class GaussianDiffusion(nn.Module):
     def unnormalize_mel(self, mel):  # (B, mel_dim, T)
         return mel * self.mel_std.clamp_min(STD_FLOOR)[:, None] + self.mel_mean[:, None]
 
-    def normalize_motion(self, motion):  # (B, T, motion_dim)
+    def motion_input(self, motion):
+        """RAW motion (B, T, 234) -> the network's motion condition (config.motion_features):
+        standardised raw features, or the per-clip rhythm channels."""
+        if self.config.motion_features == "rhythm":
+            return rhythm_features(motion)
         return (motion - self.motion_mean) / self.motion_std.clamp_min(STD_FLOOR)
 
     # forward process -------------------------------------------------------------------------
@@ -219,7 +237,7 @@ class GaussianDiffusion(nn.Module):
         if noise is None:
             noise = torch.randn_like(x0)
         xt = self.q_sample(x0, t, noise)
-        out = self.model(xt, t, self.normalize_motion(motion), lyrics, lyric_pad_mask=lyric_pad_mask,
+        out = self.model(xt, t, self.motion_input(motion), lyrics, lyric_pad_mask=lyric_pad_mask,
                          drop_motion=drop_motion, drop_lyrics=drop_lyrics)
         target = noise if self.objective == "eps" else self.v_target(x0, t, noise)
         per_item = F.mse_loss(out.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)
@@ -237,7 +255,7 @@ class GaussianDiffusion(nn.Module):
     def guided_output(self, x, t, motion, lyrics, lyric_pad_mask=None, guidance=1.0):
         """Model output with classifier-free guidance: out_u + w (out_c - out_u) from ONE forward
         of the doubled batch [cond | uncond]; w = 1 -> cond only, w = 0 -> uncond only.
-        motion is NORMALISED here."""
+        motion is the network's input here (motion_input)."""
         batch_size = x.shape[0]
         t = torch.full((batch_size,), int(t), device=x.device, dtype=torch.long)
         if guidance == 1:
@@ -271,7 +289,7 @@ class GaussianDiffusion(nn.Module):
         from models.schedulers import initial_noise, make_scheduler, run_scheduler
         settings = settings or SamplingConfig()
         device = self.device
-        motion = self.normalize_motion(motion.to(device))
+        motion = self.motion_input(motion.to(device))
         lyrics = lyrics.to(device)
         if lyric_pad_mask is not None:
             lyric_pad_mask = lyric_pad_mask.to(device)

@@ -67,7 +67,8 @@ def test_schedules():
     np.testing.assert_allclose(ab[:-1].numpy(), f(np.arange(1, 1000)) / f(0), rtol=1e-9)
     for name in ("linear", "cosine"):
         d = GaussianDiffusion(GaussianToyModel(ab, 0, 0, 1), beta_schedule=name)
-        assert asdict(d.config) == dict(timesteps=1000, beta_schedule=name, objective="eps")
+        assert asdict(d.config) == dict(timesteps=1000, beta_schedule=name, objective="eps",
+                                      motion_features="raw")
         assert d.alphas_cumprod.dtype == torch.float64
 
 

