@@ -13,6 +13,9 @@ scale, and the wavs), returns the figures for train_log.csv:
     sample_clip_share        share of generated values (normalised) at the x0 clip: saturation
     sample_out_of_range      share of generated values outside the real clips' min..max
     sample_band_level_err    max over mel bands of |mean generated - mean real| (log units)
+    sample_band_level_err_train  the same for the training set's mean spectrum (the norm stats'
+                             mel_mean): the error of a model that only knows the training songs.
+                             On songs it has not seen, sample_band_level_err near this is the floor.
 
 and the images and waveforms for TensorBoard. `warnings(history)` turns the figures of successive
 events into sentences (saturated samples, a conditioning gap that stays at or below zero).
@@ -25,7 +28,7 @@ from lm2a.audio import peak_limited, write_wav
 
 SAMPLE_FIGURES = ("sample_mse", "sample_uncond_mse", "sample_onset_f1", "sample_beat_align",
                   "sample_beat_align_shuffled", "sample_clip_share", "sample_out_of_range",
-                  "sample_band_level_err")
+                  "sample_band_level_err", "sample_band_level_err_train")
 SATURATION_SHARE = 0.01   # warn when more than this share of values sits at the clip / outside range
 GAP_PATIENCE = 3          # warn when the conditioning gap is <= 0 this many validations in a row
 
@@ -100,6 +103,8 @@ class SampleMonitor:
         per["sample_out_of_range"] = [float(np.mean((gen_all < real_all.min()) | (gen_all > real_all.max())))]
         band_err = np.abs(gen_all.mean(axis=(0, 2)) - real_all.mean(axis=(0, 2)))  # (80,)
         per["sample_band_level_err"] = [float(band_err.max())]
+        train_mean = diffusion.mel_mean.detach().cpu().numpy()
+        per["sample_band_level_err_train"] = [float(np.abs(train_mean - real_all.mean(axis=(0, 2))).max())]
         return {k: float(np.mean(v)) for k, v in per.items() if v}
 
 
