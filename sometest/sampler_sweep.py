@@ -13,6 +13,10 @@ sqrt(ref std^2 + row std^2), in either direction (few-step samplers can score *b
 converged sampler on MSE or Fréchet by being smoother: that is a different distribution, not equal
 quality). Writes JSON and prints a markdown table (RESULTS.md / BENCHMARKS.md);
 `--table JSON` prints the table of an earlier run.
+
+`--precision fp32,bf16` runs every setting in both (the reference in the first): bf16 rows add the
+RMS difference of their mels from the fp32 mels of the same sampler, steps and seed (log units),
+beside the seed-to-seed RMS difference of the fp32 mels (seed 0 vs each other seed) for scale.
 """
 import argparse
 import json
@@ -56,13 +60,21 @@ def within(row, ref):
 def table(result):
     """Markdown table of a sweep result (rows in run order, the reference last)."""
     ref = result["rows"][-1]
-    lines = ["| sampler | steps | " + " | ".join(FIGURES) + " | s/clip | within DDPM-1000 spread |",
-             "|---|---|" + "---|" * (len(FIGURES) + 2)]
+    ref_name = f"{ref['sampler'].upper()}-{ref['steps']}"
+    lines = ["| sampler | steps | precision | " + " | ".join(FIGURES) + " | s/clip | RMS diff vs fp32 "
+             f"(seed to seed) | within {ref_name} spread |", "|---|---|---|" + "---|" * (len(FIGURES) + 3)]
     for row in result["rows"]:
         cells = " | ".join(f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in FIGURES)
-        lines.append(f"| {row['sampler']} | {row['steps']} | {cells} | {row['s_per_clip']:.2f} | "
-                     f"{'yes' if within(row, ref) else 'no'} |")
+        seed_rms = f" ({row['rms_seed_to_seed']:.3f})" if row.get("rms_seed_to_seed") is not None else ""
+        rms = (f"{row['rms_vs_fp32']:.3f}" if row.get("rms_vs_fp32") is not None else "") + seed_rms
+        lines.append(f"| {row['sampler']} | {row['steps']} | {row.get('precision', result.get('precision'))} "
+                     f"| {cells} | {row['s_per_clip']:.2f} | {rms} | {'yes' if within(row, ref) else 'no'} |")
     return "\n".join(lines)
+
+
+def rms_between(a, b):
+    """RMS difference of two generated sets {name: mel} over all values (log units)."""
+    return float(np.sqrt(np.mean([np.mean((a[k] - b[k]) ** 2) for k in a])))
 
 
 def main(argv=None):
@@ -76,7 +88,7 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--precision", default="fp32", help='"fp32", "bf16" or a list "fp32,bf16"')
     p.add_argument("--device", default="cpu")
     p.add_argument("--reference", default="ddpm:1000", help='the reference row, "sampler:steps" ("" = none)')
     args = p.parse_args(argv)
@@ -94,28 +106,42 @@ def main(argv=None):
     diffusion, info = load_model(args.ckpt, args.device)
     items, _ = load_clips(list_clip_files(args.npz_dir), info)
     pairs = chance_pairs([it["clip"]["song"] for it in items], seed=0)
-    settings = [(s, int(n)) for s in args.samplers.split(",") for n in args.steps.split(",")]
+    precisions = args.precision.split(",")
+    settings = [(s, int(n), prec) for s in args.samplers.split(",") for n in args.steps.split(",")
+                for prec in precisions]
     if args.reference:
         name, steps = args.reference.split(":")
-        settings.append((name, int(steps)))
+        settings.append((name, int(steps), precisions[0]))
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = []
-    for sampler, steps in settings:
-        per_seed, seconds = [], []
+    rows, fp32_mels = [], {}
+    for sampler, steps, precision in settings:
+        per_seed, seconds, mels_by_seed = [], [], []
         for seed in seeds:
             cfg = SamplingConfig(sampler=sampler, steps=steps, guidance=args.guidance, seed=seed,
-                                 batch_size=args.batch_size, precision=args.precision)
+                                 batch_size=args.batch_size, precision=precision)
             t = time.perf_counter()
             results = generate_for_items(diffusion, info, items, cfg, progress=False)
             seconds.append((time.perf_counter() - t) / len(items))
-            per_seed.append(figures(items, {r["name"]: r["mel"] for r in results}, pairs))
-        row = {"sampler": sampler, "steps": steps, "s_per_clip": statistics.median(seconds),
-               "per_seed": per_seed}
+            mels = {r["name"]: r["mel"] for r in results}
+            mels_by_seed.append(mels)
+            per_seed.append(figures(items, mels, pairs))
+        row = {"sampler": sampler, "steps": steps, "precision": precision,
+               "s_per_clip": statistics.median(seconds), "per_seed": per_seed}
+        if precision == "fp32" and len(precisions) > 1:
+            fp32_mels[(sampler, steps)] = mels_by_seed
+            if len(seeds) > 1:
+                row["rms_seed_to_seed"] = float(np.mean([rms_between(mels_by_seed[0], m)
+                                                         for m in mels_by_seed[1:]]))
+        if precision != "fp32" and (sampler, steps) in fp32_mels:
+            row["rms_vs_fp32"] = float(np.mean([rms_between(m, f) for m, f in
+                                                zip(mels_by_seed, fp32_mels[(sampler, steps)])]))
+            row["rms_seed_to_seed"] = next(r.get("rms_seed_to_seed") for r in rows if (
+                r["sampler"], r["steps"], r["precision"]) == (sampler, steps, "fp32"))
         for k in FIGURES:
             values = [f[k] for f in per_seed]
             row[k] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
         rows.append(row)
-        print(f"{sampler}-{steps}: " + ", ".join(f"{k} {row[k]['mean']:.3f}±{row[k]['std']:.3f}" for k in FIGURES)
+        print(f"{sampler}-{steps} {precision}: " + ", ".join(f"{k} {row[k]['mean']:.3f}±{row[k]['std']:.3f}" for k in FIGURES)
               + f", {row['s_per_clip']:.2f} s/clip", flush=True)
     ref = rows[-1]
     for row in rows:
