@@ -53,6 +53,7 @@ def table(names, summaries):
             "| max band err (training mean's) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, s in zip(names, summaries):
+        ref = "" if s["sample_band_level_err_train"] is None else f" ({s['sample_band_level_err_train']:.2f})"
         gaps = " ".join(f"{1000 * g:+.0f}" for _, g in s["gaps"] if g is not None)
         lines.append(
             f"| {name} | {s['step']} | {gaps} | {fmt(s['val_loss'], '.4f')} | {fmt(s['val_loss_uncond'], '.4f')} "
@@ -60,7 +61,7 @@ def table(names, summaries):
             f"| {fmt(s['sample_mse'], '.2f')} / {fmt(s['sample_uncond_mse'], '.2f')} "
             f"| {fmt(s['sample_beat_align'], '.3f')} / {fmt(s['sample_beat_align_shuffled'], '.3f')} "
             f"| {fmt(None if s['sample_out_of_range'] is None else 100 * s['sample_out_of_range'], '.2f')} % "
-            f"| {fmt(s['sample_band_level_err'], '.2f')} ({fmt(s['sample_band_level_err_train'], '.2f')}) |")
+            f"| {fmt(s['sample_band_level_err'], '.2f')}{ref} |")
     return "\n".join(lines)
 
 

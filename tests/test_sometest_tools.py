@@ -1,4 +1,4 @@
-"""sometest/plot_losses.py and sometest/inspect_npz.py on small files written here."""
+"""sometest/plot_losses.py, inspect_npz.py and runs_table.py on small files written here."""
 import importlib.util
 import json
 from pathlib import Path
@@ -145,3 +145,28 @@ def test_inspect_gen_npz_has_mel_png_only(tmp_path, capsys):
     assert [p.name for p in written] == ["x_gen_mel.png"]
     out = capsys.readouterr().out
     assert "(80, 50)" in out and "'ddim'" in out and "= 50" in out
+
+
+def test_runs_table_rows_from_train_logs(tmp_path, capsys):
+    runs_table = load_script("runs_table")
+    run = tmp_path / "runA"
+    run.mkdir()
+    (run / "train_log.csv").write_text(
+        "epoch,step,train_loss,val_loss,val_loss_uncond,val_loss_motion_only,val_loss_lyrics_only,cond_gap,"
+        "sample_mse,sample_uncond_mse,sample_beat_align,sample_beat_align_shuffled,sample_out_of_range,"
+        "sample_band_level_err,sample_band_level_err_train\n"
+        "0,0,,1.0,1.0,1.0,1.0,0.0,,,,,,,\n"
+        "1,250,0.9,0.90,0.912,0.905,0.911,0.012,5.0,4.0,0.95,0.90,0.002,3.1,2.9\n"
+        "2,400,0.8,,,,,,,,,,,,\n"
+        "3,500,0.8,0.80,0.797,0.79,0.81,-0.003,4.5,4.2,0.97,0.93,0.0125,2.5,2.9\n")
+    old = tmp_path / "old"  # a log from before the sample columns existed
+    old.mkdir()
+    (old / "train_log.csv").write_text("epoch,step,train_loss,val_loss,val_loss_uncond\n0,0,,1.0,1.0\n1,10,0.5,,\n")
+    assert runs_table.main([str(run), str(old), "--names", "A", "old"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and lines[1].startswith("|---|")
+    assert lines[2] == ("| A | 500 | +12 -3 | 0.8000 | 0.7970 | 0.7900 | 0.8100 | 4.50 / 4.20 | 0.970 / 0.930 "
+                        "| 1.25 % | 2.50 (2.90) |")
+    assert lines[3].startswith("| old | 10 |  | 1.0000 | 1.0000 |  |  |")
+    with pytest.raises(SystemExit, match="train_log.csv not found"):
+        runs_table.main([str(tmp_path / "missing")])
