@@ -1,4 +1,5 @@
-"""sometest/plot_losses.py, inspect_npz.py and runs_table.py on small files written here."""
+"""sometest/plot_losses.py, inspect_npz.py, runs_table.py and band_levels.py on small files written
+here."""
 import importlib.util
 import json
 from pathlib import Path
@@ -170,3 +171,14 @@ def test_runs_table_rows_from_train_logs(tmp_path, capsys):
     assert lines[3].startswith("| old | 10 |  | 1.0000 | 1.0000 |  |  |")
     with pytest.raises(SystemExit, match="train_log.csv not found"):
         runs_table.main([str(tmp_path / "missing")])
+
+
+def test_band_levels_errors_per_band():
+    band_levels = load_script("band_levels")
+    real = [np.zeros((80, 10)), np.full((80, 30), 2.0)]       # band means 1.5 (frames weighted)
+    assert band_levels.band_mean(real).tolist() == [1.5] * 80
+    level = np.full(80, 1.5)
+    level[78] = -1.5   # 3 log units off in one band
+    level[:10] = 2.25  # 0.75 off in ten bands
+    e = band_levels.band_errors(band_levels.band_mean(real), level)
+    assert e == {"max": 3.0, "median": 0.0, "argmax": 78, "within_1": 79, "bands": 80}
