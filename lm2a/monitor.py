@@ -101,10 +101,10 @@ class SampleMonitor:
             normalised = diffusion.normalize_mel(torch.from_numpy(gen_all).to(diffusion.device)).cpu().numpy()
         per["sample_clip_share"] = [float(np.mean(np.abs(normalised) >= clip_x0 - 1e-3))] if clip_x0 else [0.0]
         per["sample_out_of_range"] = [float(np.mean((gen_all < real_all.min()) | (gen_all > real_all.max())))]
-        band_err = np.abs(gen_all.mean(axis=(0, 2)) - real_all.mean(axis=(0, 2)))  # (80,)
-        per["sample_band_level_err"] = [float(band_err.max())]
+        real_level = real_all.mean(axis=(0, 2))  # (80,)
+        per["sample_band_level_err"] = [float(np.abs(gen_all.mean(axis=(0, 2)) - real_level).max())]
         train_mean = diffusion.mel_mean.detach().cpu().numpy()
-        per["sample_band_level_err_train"] = [float(np.abs(train_mean - real_all.mean(axis=(0, 2))).max())]
+        per["sample_band_level_err_train"] = [float(np.abs(train_mean - real_level).max())]
         return {k: float(np.mean(v)) for k, v in per.items() if v}
 
 

@@ -159,10 +159,11 @@ class GaussianDiffusion(nn.Module):
         # motion_dim: the RAW features' width (the normalisation stats); the network takes
         # motion_feature_dim(config.motion_features) channels of it
         net_motion_dim = getattr(model, "motion_dim", None)
+        raw_dim = len(motion_mean) if motion_mean is not None else MOTION_DIM
         if config.motion_features == "raw":
-            self.motion_dim = int(net_motion_dim or (len(motion_mean) if motion_mean is not None else MOTION_DIM))
+            self.motion_dim = int(net_motion_dim or raw_dim)
         else:
-            self.motion_dim = len(motion_mean) if motion_mean is not None else MOTION_DIM
+            self.motion_dim = raw_dim
             want = motion_feature_dim(config.motion_features)
             if net_motion_dim is not None and net_motion_dim != want:
                 raise ValueError(f"GaussianDiffusion: motion_features={config.motion_features!r} gives "
