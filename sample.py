@@ -52,6 +52,7 @@ SAMPLER = "unipc"              # "unipc", "dpm++", "ddim" or "ddpm" (BENCHMARKS.
 STEPS = 20                     # sampling steps (<= the checkpoint's diffusion timesteps)
 ETA = 0.0                      # DDIM eta: 0 deterministic, 1 = DDPM-like noise
 GUIDANCE = 2.0                 # classifier-free guidance: 1 cond only, 0 uncond only
+PRECISION = "auto"             # network arithmetic: auto = bf16 where the device has it natively (BENCHMARKS.md), fp32, bf16
 CLIP_X0 = 6.0                  # clip the predicted x0 to +-this (normalised units; 0 = off)
 BATCH_SIZE = 8                 # clips per batch (guidance doubles the network batch)
 SEED = 0                       # seeds the noise (one generator per clip, from seed and clip name)
@@ -190,7 +191,8 @@ def load_items(args, info, device):
 def main(argv=None):
     from lm2a import pick_device
     from lm2a.checkpoint import CheckpointError
-    from lm2a.generate import check_settings, describe_settings, generate_for_items, load_model, weights_label
+    from lm2a.generate import (check_settings, describe_settings, generate_for_items, load_model,
+                                resolve_precision, weights_label)
 
     t_start = time.perf_counter()
     err = lambda msg: print(f"sample.py: error: {msg}", file=sys.stderr)  # noqa: E731
@@ -230,6 +232,7 @@ def main(argv=None):
     device = pick_device(args.device)
     try:
         diffusion, info = load_model(args.ckpt, device, use_ema=not args.no_ema)
+        settings = resolve_precision(settings, device)
         problem = check_settings(settings, info)
         if problem:
             raise ValueError(problem)

@@ -89,6 +89,7 @@ P_DROP_BOTH = 0.1              # items with both conditions dropped (uncondition
 AUG_MIRROR = 0.5               # share of training clips with the dancer mirrored left-right
 AUG_LYRIC_SWAP = 0.8           # share of training clips given another clip's lyric line
 AUG_GAIN = 0.1                 # std of a random log-mel level offset per training clip (ln units)
+AUG_EQ = 0.0                   # per-band std of a random smooth spectral curve per training clip (ln units)
 AMP = "auto"                   # auto: CUDA bf16 (fp16+GradScaler if no bf16), CPU off; on, off, bf16, fp16
 SEED = 0                       # seeds model init, data order and per-step noise
 # ---- bookkeeping

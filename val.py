@@ -59,6 +59,7 @@ GEN_DIR = ""                   # read <name>_gen.npz from here instead of genera
 SAMPLER = "unipc"              # "unipc", "dpm++", "ddim" or "ddpm"
 STEPS = 20                     # sampling steps
 GUIDANCE = 2.0                 # classifier-free guidance weight of the model row
+PRECISION = "auto"             # network arithmetic: auto = bf16 where the device has it natively (BENCHMARKS.md), fp32, bf16
 SEED = 0                       # noise seed (model and uncond rows) and seed of the chance pairing
 DEVICE = "auto"                # auto, cpu, cuda
 N_PLOT_PAIRS = 4               # clips shown in mel_pairs.png
@@ -384,7 +385,7 @@ def generated_rows(args, items, out_dir, device, progress, notes):
     from dataclasses import asdict, replace
 
     from lm2a.checkpoint import CheckpointError
-    from lm2a.generate import check_settings, generate_for_items, load_model, usable_items
+    from lm2a.generate import check_settings, generate_for_items, load_model, resolve_precision, usable_items
     settings = config_from_args(SamplingConfig, args)
     references = not args.no_references
     diffusion = info = None
@@ -406,6 +407,7 @@ def generated_rows(args, items, out_dir, device, progress, notes):
                              f"{recorded['ckpt_step']}: the uncond row comes from a different model")
     else:
         diffusion, info = load_model(args.ckpt, device, use_ema=not args.no_ema)
+        settings = resolve_precision(settings, device)
         problem = check_settings(settings, info)
         if problem:
             raise ValueError(problem)

@@ -322,8 +322,8 @@ def generate_dances(diffusion, info, dances, settings: SamplingConfig = None, co
     (80, T) float32, windows [(80, W) float32 raw window outputs, before joining], seeds)."""
     from tqdm import tqdm
 
-    from lm2a.generate import make_generator
-    settings = settings or SamplingConfig()
+    from lm2a.generate import make_generator, resolve_precision
+    settings = resolve_precision(settings or SamplingConfig(), diffusion.device)
     config = config or LongformConfig()
     for d in dances:
         if d.get("config") != config:

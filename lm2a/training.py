@@ -48,6 +48,8 @@ class TrainConfig:
                                          "the lyrics cannot serve as a song ID")
     aug_gain: float = hparam(0.0, "std of a random level offset added to a training clip's log-mel "
                                   "(natural-log units; 0.23 = 2 dB)")
+    aug_eq: float = hparam(0.0, "per-band std of a random smooth spectral tilt/curve added to a training "
+                                "clip's log-mel (ln units), so a song's timbre cannot be told from its dance")
     amp: str = hparam("auto", "auto: CUDA bf16 (fp16 + GradScaler without bf16), CPU off; --amp alone = on",
                       choices=("auto", "on", "off", "bf16", "fp16"),
                       flag_kwargs=dict(nargs="?", const="on"))
@@ -61,8 +63,9 @@ class TrainConfig:
         for name in ("aug_mirror", "aug_lyric_swap"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name} is a share of clips: 0 <= it <= 1")
-        if self.aug_gain < 0:
-            raise ValueError("--aug_gain is a standard deviation: >= 0")
+        for name in ("aug_gain", "aug_eq"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} is a standard deviation: >= 0")
 
 
 @dataclass
@@ -203,7 +206,10 @@ def pad_lyrics(batch, length):
     return {**batch, "lyrics": lyrics, "lyric_pad_mask": mask}
 
 
-def augment(batch, p_mirror, gain_std, p_lyric_swap=0.0):
+EQ_COMPONENTS = 3  # cosine shapes over the mel bands in aug_eq's random curve (tilt, bowl, wiggle)
+
+
+def augment(batch, p_mirror, gain_std, p_lyric_swap=0.0, eq_std=0.0):
     """Training augmentation (torch's global RNG, which train_step seeds per step; a setting of 0
     draws nothing). Two keep the music-motion link: each clip's dancer mirrored left-right with
     probability p_mirror (models/motion_features.mirror_raw_motion), and a level offset
@@ -211,7 +217,11 @@ def augment(batch, p_mirror, gain_std, p_lyric_swap=0.0):
     weakens the lyrics-song link: with probability p_lyric_swap a clip gets the lyric line of
     another clip of the batch (never its own). Unlike condition dropout, which only teaches
     the null condition, a swapped line is a wrong one, so the model learns to trust the lyrics only
-    as far as they predict the music across songs, not to read them as a song's name.
+    as far as they predict the music across songs, not to read them as a song's name. The fourth,
+    eq_std, adds to each clip's log-mel a random smooth curve over the bands (EQ_COMPONENTS cosine
+    shapes, zero mean over the bands, per-band std eq_std on average): a random equaliser. A
+    song's timbre is what the dance cannot predict and what a conditioned model on a few songs learns
+    to read off the dancer; with it varied per clip, only the timing stays worth taking from the motion.
     Returns a new batch dict."""
     from models.motion_features import mirror_raw_motion
     out = dict(batch)
@@ -228,6 +238,13 @@ def augment(batch, p_mirror, gain_std, p_lyric_swap=0.0):
         perm = torch.where(perm == torch.arange(B, device=device), perm.roll(1), perm)  # no clip keeps its own
         src = torch.where(swap, perm, torch.arange(B, device=device))
         out["lyrics"], out["lyric_pad_mask"] = batch["lyrics"][src], batch["lyric_pad_mask"][src]
+    if eq_std > 0:
+        mel = out["mel"]
+        n_mels = mel.shape[1]
+        k = (torch.arange(n_mels, device=mel.device, dtype=torch.float32) + 0.5) / n_mels
+        basis = torch.stack([torch.cos(torch.pi * j * k) for j in range(1, EQ_COMPONENTS + 1)])  # (J, n_mels)
+        coef = torch.randn(mel.shape[0], EQ_COMPONENTS, device=mel.device) * (eq_std / (EQ_COMPONENTS / 2) ** 0.5)
+        out["mel"] = mel + (coef @ basis).to(mel.dtype)[:, :, None]
     return out
 
 
@@ -256,7 +273,7 @@ def train_step(parts: TrainParts, batch, step, stop=False) -> StepResult:
     noise = torch.randn(B, mel_dim, frames, device=device)
     drop_motion, drop_lyrics = condition_dropout_masks(
         B, cfg.p_drop_motion, cfg.p_drop_lyrics, cfg.p_drop_both, device)
-    batch = augment(batch, cfg.aug_mirror, cfg.aug_gain, cfg.aug_lyric_swap)  # draws after the above
+    batch = augment(batch, cfg.aug_mirror, cfg.aug_gain, cfg.aug_lyric_swap, cfg.aug_eq)  # draws after the above
     lr = parts.optimizer.param_groups[0]["lr"]
     with parts.autocast():
         loss = parts.diffusion.loss(batch["mel"], batch["motion"], batch["lyrics"],

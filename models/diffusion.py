@@ -17,7 +17,7 @@ from torch import nn
 from lm2a import MOTION_DIM, NUM_MELS
 
 from .hparams import hparam
-from .motion_features import MOTION_FEATURES, motion_feature_dim, rhythm_features
+from .motion_features import DERIVED, MOTION_FEATURES, motion_feature_dim
 from .schedulers import SAMPLERS
 
 __all__ = ["linear_beta_schedule", "cosine_beta_schedule", "GaussianDiffusion", "DiffusionConfig",
@@ -67,6 +67,9 @@ class DiffusionConfig:
 
 
 
+PRECISIONS = ("fp32", "bf16", "auto")  # "auto" is resolved per device by lm2a.generate.resolve_precision
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How to sample, declared once: passed whole from sample.py / val.py to generation and written
@@ -79,8 +82,9 @@ class SamplingConfig:
     guidance: float = hparam(2.0, "classifier-free guidance weight: 1 = conditional only, "
                                   "0 = unconditional")
     clip_x0: float = hparam(6.0, "clip the predicted x0 to +-this in normalised units (0 = off)")
-    precision: str = hparam("fp32", "the network's arithmetic: fp32, or bf16 autocast (CPU and CUDA)",
-                            choices=("fp32", "bf16"))
+    precision: str = hparam("fp32", "the network's arithmetic: fp32, bf16 autocast (CPU and CUDA), or auto "
+                                    "(bf16 where the device computes it natively, else fp32)",
+                            choices=PRECISIONS)
     seed: int = hparam(0, "seeds the noise (one generator per clip, from seed and clip name)")
     batch_size: int = hparam(8, "clips per batch (guidance doubles the network batch)")
 
@@ -91,6 +95,8 @@ class SamplingConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}: choose one of {PRECISIONS}")
 
 
 
@@ -204,9 +210,9 @@ class GaussianDiffusion(nn.Module):
 
     def motion_input(self, motion):
         """RAW motion (B, T, 234) -> the network's motion condition (config.motion_features):
-        standardised raw features, or the per-clip rhythm channels."""
-        if self.config.motion_features == "rhythm":
-            return rhythm_features(motion)
+        standardised raw features, or channels derived per clip (rhythm, beat)."""
+        if self.config.motion_features in DERIVED:
+            return DERIVED[self.config.motion_features](motion)
         return (motion - self.motion_mean) / self.motion_std.clamp_min(STD_FLOOR)
 
     # forward process -------------------------------------------------------------------------
@@ -289,6 +295,9 @@ class GaussianDiffusion(nn.Module):
         the output equals `known` there."""
         from models.schedulers import initial_noise, make_scheduler, run_scheduler
         settings = settings or SamplingConfig()
+        if settings.precision == "auto":
+            raise ValueError('SamplingConfig(precision="auto") is resolved for a device first: '
+                             'lm2a.generate.resolve_precision(settings, device)')
         device = self.device
         motion = self.motion_input(motion.to(device))
         lyrics = lyrics.to(device)

@@ -16,6 +16,9 @@ evaluation can never disagree:
             to the dancer's facing (yaw) and position; log1p compresses the heavy tails; each channel
             is standardised over the clip's own frames, so a song's movement scale and per-joint style
             do not survive either, only the shape of the movement in time.
+  "beat"    the last BEAT_DIM of the rhythm channels, the whole-body ones: root speed, turning speed,
+            their accelerations, total joint speed and its derivative. No per-joint channel, so the
+            choreography's style (which limbs move) is gone too; what is left is when the body moves.
 
 SMPL left/right joint pairs (MIRROR_PERM) and the mirror of raw features (mirror_raw_motion) are
 here too: training augmentation that swaps the dancer's left and right keeps the music-motion link.
@@ -25,8 +28,9 @@ import torch
 from lm2a import MOTION_DIM, POSE_DIM
 
 N_JOINTS = 24
-MOTION_FEATURES = ("raw", "rhythm")
+MOTION_FEATURES = ("raw", "rhythm", "beat")
 RHYTHM_DIM = 2 * N_JOINTS + 4 + 2  # 54
+BEAT_DIM = 4 + 2  # the whole-body channels of "rhythm": root/turn speed and acceleration, total speed, its derivative
 CLIP_STD_FLOOR = 0.05  # log1p units: a channel that barely moves in a clip stays near 0
 
 # SMPL joint order: 0 pelvis, 1/2 L/R hip, 3 spine1, 4/5 L/R knee, 6 spine2, 7/8 L/R ankle, 9 spine3,
@@ -44,6 +48,8 @@ def motion_feature_dim(kind: str) -> int:
         return MOTION_DIM
     if kind == "rhythm":
         return RHYTHM_DIM
+    if kind == "beat":
+        return BEAT_DIM
     raise ValueError(f"unknown motion_features {kind!r}: choose one of {MOTION_FEATURES}")
 
 
@@ -84,6 +90,15 @@ def rhythm_features(motion):
     feats = torch.log1p(torch.cat([joint_speed, joint_acc, root, total], dim=-1))
     feats = torch.cat([feats, _time_derivative(feats[..., -1:])], dim=-1)
     return standardize_per_clip(feats)
+
+
+def beat_features(motion):
+    """Raw motion (B, T, 234) -> (B, T, BEAT_DIM): the whole-body rhythm channels (per-clip standardised
+    channel by channel, so they equal the rhythm features' last BEAT_DIM)."""
+    return rhythm_features(motion)[..., -BEAT_DIM:]
+
+
+DERIVED = {"rhythm": rhythm_features, "beat": beat_features}  # the kinds computed from raw motion
 
 
 def mirror_raw_motion(motion):

@@ -9,8 +9,8 @@ from lm2a import MOTION_DIM, POSE_DIM
 from lm2a.motion import motion_features
 from lm2a.training import augment
 from models.diffusion import GaussianDiffusion
-from models.motion_features import (MIRROR_PERM, RHYTHM_DIM, mirror_raw_motion, motion_feature_dim,
-                                    rhythm_features)
+from models.motion_features import (BEAT_DIM, MIRROR_PERM, RHYTHM_DIM, beat_features, mirror_raw_motion,
+                                    motion_feature_dim, rhythm_features)
 from models.unet1d_ultimate import UNet1D_ultimate
 
 FPS = 30
@@ -107,6 +107,35 @@ def test_augment_mirrors_and_shifts_the_level_per_clip():
     assert torch.allclose(offset, offset[:, :1, :1].expand_as(offset), atol=1e-6)
     assert 0.2 < offset[:, 0, 0].std().item() < 0.4
     assert out["lyrics"] is batch["lyrics"]  # no swap asked: the lyric lines stay
+
+
+def test_augment_eq_adds_a_smooth_zero_mean_curve_per_clip():
+    torch.manual_seed(2)
+    batch = {"mel": torch.randn(400, 80, 6), "motion": torch.zeros(400, 6, MOTION_DIM),
+             "lyrics": torch.zeros(400, 1, 4), "lyric_pad_mask": torch.zeros(400, 1, dtype=torch.bool)}
+    state = torch.get_rng_state()
+    assert torch.equal(augment(batch, 0.0, 0.0, 0.0, 0.0)["mel"], batch["mel"])
+    assert torch.equal(torch.get_rng_state(), state)  # eq 0 draws nothing: runs without it are unchanged
+    curve = augment(batch, 0.0, 0.0, 0.0, 0.5)["mel"] - batch["mel"]
+    assert torch.allclose(curve, curve[:, :, :1].expand_as(curve), atol=1e-6)  # the same in every frame
+    curve = curve[:, :, 0]                                                     # (clips, bands)
+    assert curve.mean(dim=1).abs().max() < 1e-5        # a shape, not a level: zero mean over the bands
+    assert curve.diff(dim=1).abs().max() < 0.2          # smooth: neighbouring bands move together
+    per_band = curve.std(dim=0)
+    assert 0.4 < per_band.mean().item() < 0.6           # per-band std about eq_std (0.5)
+    assert curve[:, :10].mean(1).sub(curve[:, -10:].mean(1)).std() > 0.5  # tilts: low vs high bands
+    assert not torch.allclose(curve[0], curve[1])       # each clip its own curve
+
+
+def test_beat_features_are_the_whole_body_rhythm_channels():
+    raw = torch.from_numpy(motion_features(dance(frames=60), FPS))[None]
+    assert motion_feature_dim("beat") == BEAT_DIM == 6
+    torch.testing.assert_close(beat_features(raw), rhythm_features(raw)[..., -BEAT_DIM:])
+    net = UNet1D_ultimate(mel_dim=80, motion_dim=BEAT_DIM, lyric_dim=8, base_dim=8, dim_mults=(1,),
+                          cond_dim=8, time_emb_dim=8, num_res_blocks=1, num_mid_blocks=1, num_heads=2)
+    diffusion = GaussianDiffusion(net, timesteps=100, motion_features="beat")
+    assert diffusion.motion_input(raw).shape == (1, 60, BEAT_DIM)
+    assert torch.isfinite(diffusion.loss(torch.randn(1, 80, 60), raw, torch.randn(1, 3, 8)))
 
 
 def test_lyric_swap_gives_each_chosen_clip_another_clips_line():

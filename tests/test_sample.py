@@ -90,6 +90,8 @@ def test_writes_one_gen_npz_and_png_per_clip(setup, capsys):
             assert g["mel"].dtype == np.float32 and np.isfinite(g["mel"]).all()
             assert str(g["sampler"]) == "unipc" and int(g["steps"]) == 3 and float(g["eta"]) == 0.0
             assert float(g["guidance"]) == 1.5 and int(g["seed"]) == 11 and bool(g["use_ema"])
+            # the default precision "auto" is recorded as what ran on this CPU
+            assert str(g["precision"]) == ("bf16" if G.native_bf16("cpu") else "fp32")
             assert int(g["ckpt_step"]) == 7  # the folder's newest checkpoint
             assert str(g["ckpt_path"]).endswith("step_00000007.pt")
             assert str(g["source_npz"]) == str(clip.resolve())
@@ -142,6 +144,32 @@ def test_seeded_and_every_setting_changes_the_output(setup):
     a = np.stack([r["mel"] for r in G.generate_for_items(diffusion, info, items, cfg, progress=False)])
     b = np.stack([r["mel"] for r in G.generate_for_items(diffusion, info, swapped, cfg, progress=False)])
     assert not np.allclose(a[0], b[0])
+
+
+def test_precision_auto_is_bf16_only_where_the_device_has_it(setup, monkeypatch):
+    auto = SamplingConfig(precision="auto", sampler="ddim", steps=2, guidance=2.0, seed=0, batch_size=2)
+    monkeypatch.setattr(G, "_cpu_flags", lambda: frozenset({"fpu", "avx2", "avx512_bf16"}))
+    assert G.native_bf16("cpu") and G.resolve_precision(auto, "cpu").precision == "bf16"
+    monkeypatch.setattr(G, "_cpu_flags", lambda: frozenset({"fpu", "avx2", "avx512f"}))
+    assert not G.native_bf16("cpu") and G.resolve_precision(auto, "cpu").precision == "fp32"
+    for fixed in ("fp32", "bf16"):  # an explicit choice is kept
+        assert G.resolve_precision(SamplingConfig(precision=fixed), "cpu").precision == fixed
+    assert G.resolve_precision(auto, "cpu").steps == 2
+    with pytest.raises(ValueError, match="unknown precision"):
+        SamplingConfig(precision="fp16")
+    diffusion, info = G.load_model(setup["ckpt"], "cpu")
+    from dataset import collate_fn
+    batch = collate_fn(G.load_clips(setup["clips"][:1], info)[0])
+    with pytest.raises(ValueError, match="resolve_precision"):  # the model never guesses the device's
+        diffusion.sample(batch["motion"], batch["lyrics"], batch["lyric_pad_mask"], settings=auto)
+    # through generate_for_items auto runs (as fp32 here, the flags say no bf16) and records fp32
+    out = G.generate_for_items(diffusion, info, G.load_clips(setup["clips"][:1], info)[0], auto,
+                               out_dir=setup["root"] / "auto", png=False, progress=False)
+    with np.load(out[0]["path"]) as g:
+        assert str(g["precision"]) == "fp32"
+    fp32, bf16 = gen_mels(setup, steps=2)[0], gen_mels(setup, steps=2, precision="bf16")[0]
+    np.testing.assert_allclose(out[0]["mel"], fp32, atol=1e-3)  # fp32 (batched alone: float noise only)
+    assert np.abs(bf16 - fp32).max() > 1e-2                      # which bf16 is not
 
 
 def test_no_ema_flag_and_max_clips(setup):

@@ -140,7 +140,7 @@ def test_learns_and_writes_complete_checkpoints(clips, tmp_path):
 def test_resume_is_exact(clips, tmp_path):
     common = ("--max_steps", 4, "--batch_size", 3, "--lr", 3e-3, "--val_every", 3, "--save_every", 0,
               "--log_every", 1, "--warmup_steps", 2, "--motion_features", "rhythm", "--aug_mirror", 0.5,
-              "--aug_gain", 0.2, "--aug_lyric_swap", 0.5)  # rhythm features and augmentation draws resume exactly too
+              "--aug_gain", 0.2, "--aug_lyric_swap", 0.5, "--aug_eq", 0.3)  # rhythm features and augmentation draws resume exactly too
     straight = train.train(args_for(clips, tmp_path / "a", *common))
     assert straight["exit_code"] == 0
 

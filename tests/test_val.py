@@ -93,7 +93,9 @@ def test_generates_and_writes_rows_summary_and_plots(clips, capsys):
 
     # the model and uncond rows are sample.py's generations with the same seed and batches
     diffusion, info = G.load_model(clips["ckpt"], "cpu")
-    kw = dict(sampler="ddim", steps=2, eta=0.0, seed=4, batch_size=3)
+    ran = "bf16" if G.native_bf16("cpu") else "fp32"  # val.py's default precision "auto" on this CPU
+    assert s["precision"] == s["uncond"]["precision"] == ran
+    kw = dict(sampler="ddim", steps=2, eta=0.0, seed=4, batch_size=3, precision=ran)
     for folder, guidance in (("generated", 2.0), ("generated_uncond", 0.0)):
         results, _ = generate_for_files(diffusion, info, clips["paths"], guidance=guidance, **kw)
         for r in results:
