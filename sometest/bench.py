@@ -230,7 +230,19 @@ def bench_sampling(args, device):
                 per_step = med / SAMPLE_STEPS_TIMED
                 rows.append({"sampler": f"{sampler.upper()}-{total_steps}", "batch": B, "amp": precision,
                              "guidance": 2.0, "step_s": per_step, "s_per_clip": per_step * total_steps / B})
-    return {"sampling": rows}
+    return {"sampling": rows, "sampling_default": default_sampling(device)}
+
+
+def default_sampling(device):
+    """What sample.py / val.py run by default on `device`: {"sampler": "UNIPC-20", "amp": resolved
+    precision}, the row the "default" ratio picks."""
+    import sample as sample_script
+    from lm2a.generate import resolve_precision
+    from models.diffusion import SamplingConfig
+    d = resolve_precision(SamplingConfig(sampler=sample_script.SAMPLER, steps=sample_script.STEPS,
+                                         precision=sample_script.PRECISION), device)
+    return {"sampler": f"{d.sampler.upper()}-{d.steps}", "amp": d.precision,
+            "precision_setting": sample_script.PRECISION}
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -259,6 +271,10 @@ def table(res):
         lines += ["| sampling, guidance 2 (doubled batch) | batch | amp | s/step | s/clip |", "|---|---|---|---|---|"]
         for r in res["sampling"]:
             lines.append(f"| {r['sampler']} | {r['batch']} | {r['amp']} | {r['step_s']:.3f} | {r['s_per_clip']:.2f} |")
+        d = res.get("sampling_default")
+        if d:
+            lines.append(f"\nsample.py's defaults on this device: {d['sampler']} {d['amp']} "
+                         f"(precision {d['precision_setting']!r})")
         lines.append("")
     return "\n".join(lines)
 
@@ -278,6 +294,9 @@ def ratios(res):
             if base is not None and r is not base:
                 out[f"ddpm1000_fp32_over_{r['sampler'].lower()}_{r['amp']}_b{r['batch']}"] = \
                     base["s_per_clip"] / r["s_per_clip"]
+                d = res.get("sampling_default") or {}
+                if (r["sampler"], r["amp"]) == (d.get("sampler"), d.get("amp")):  # sample.py's defaults here
+                    out[f"ddpm1000_fp32_over_default_b{r['batch']}"] = base["s_per_clip"] / r["s_per_clip"]
     if "loading" in res and "training" in res:
         fp32 = [r for r in res["training"] if r["amp"] == "fp32" and r["attn"] == "sdpa" and r["batch"] == 16] or \
                [r for r in res["training"] if r["amp"] == "fp32" and r["attn"] == "sdpa"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,3 +183,20 @@ def test_band_levels_errors_per_band():
     level[:10] = 2.25  # 0.75 off in ten bands
     e = band_levels.band_errors(band_levels.band_mean(real), level)
     assert e == {"max": 3.0, "median": 0.0, "argmax": 78, "within_1": 79, "bands": 80}
+
+
+def test_bench_ratios_pick_sample_py_defaults_as_resolved_here(monkeypatch):
+    from lm2a import generate as G
+    bench = load_script("bench")
+    rows = [{"sampler": s, "batch": b, "amp": a, "step_s": 1.0, "s_per_clip": t}
+            for b in (1, 8) for s, a, t in (("DDPM-1000", "fp32", 600.0), ("UNIPC-20", "fp32", 12.0),
+                                            ("UNIPC-20", "bf16", 8.0))]
+    for flags, amp in ((frozenset({"avx512_bf16"}), "bf16"), (frozenset({"avx2"}), "fp32")):
+        monkeypatch.setattr(G, "_cpu_flags", lambda flags=flags: flags)
+        default = bench.default_sampling(torch.device("cpu"))
+        assert default == {"sampler": "UNIPC-20", "amp": amp, "precision_setting": "auto"}
+        r = bench.ratios({"sampling": rows, "sampling_default": default})
+        want = 600.0 / (8.0 if amp == "bf16" else 12.0)
+        assert r["ddpm1000_fp32_over_default_b1"] == r["ddpm1000_fp32_over_default_b8"] == pytest.approx(want)
+        assert r["ddpm1000_fp32_over_unipc-20_bf16_b8"] == pytest.approx(75.0)
+        assert f"UNIPC-20 {amp} (precision 'auto')" in bench.table({"sampling": rows, "sampling_default": default})
