@@ -27,9 +27,17 @@ OBJECTIVES = ("eps", "v")
 STD_FLOOR = 1e-5  # a constant feature (std 0) must not blow up the normalisation
 
 
+LINEAR_MIN_TIMESTEPS = 21  # 0.02 * 1000 / T < 1
+
+
 def linear_beta_schedule(timesteps):
     """Linear betas 1e-4 .. 0.02 for T = 1000 (Ho et al. 2020); scaled by 1000 / T for other T
-    so the total noise stays comparable. float64 (T,)."""
+    so the total noise stays comparable. float64 (T,). Below LINEAR_MIN_TIMESTEPS the last beta
+    would reach 1 (x_t pure noise, 1 - beta = 0 divides): refused with the fix named."""
+    if timesteps < LINEAR_MIN_TIMESTEPS:
+        raise ValueError(f"the linear beta schedule needs timesteps >= {LINEAR_MIN_TIMESTEPS} (with T = "
+                         f"{timesteps} its betas, scaled by 1000 / T, reach {0.02 * 1000 / timesteps:.2f}); "
+                         f"use more timesteps or --beta_schedule cosine")
     scale = 1000.0 / timesteps
     return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
 
@@ -64,6 +72,8 @@ class DiffusionConfig:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}: choose one of {OBJECTIVES}")
         motion_feature_dim(self.motion_features)  # raises on an unknown name
+        if self.beta_schedule == "linear" and self.timesteps < LINEAR_MIN_TIMESTEPS:
+            linear_beta_schedule(self.timesteps)  # raises, naming the fix
 
 
 

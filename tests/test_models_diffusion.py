@@ -60,6 +60,10 @@ def test_schedules():
     linear = linear_beta_schedule(1000)
     assert linear.dtype == torch.float64 and linear.shape == (1000,)
     assert linear[0].item() == pytest.approx(1e-4) and linear[-1].item() == pytest.approx(0.02)
+    assert linear_beta_schedule(21)[-1].item() == pytest.approx(0.02 * 1000 / 21)  # 0.95: still < 1
+    with pytest.raises(ValueError, match="timesteps >= 21.*cosine"):  # T = 20: the last beta is 1
+        linear_beta_schedule(20)
+    assert (cosine_beta_schedule(10) <= 0.999).all()  # the cosine schedule has no such floor
     cosine = cosine_beta_schedule(1000)
     assert (cosine > 0).all() and (cosine <= 0.999).all()
     ab = torch.cumprod(1 - cosine, 0)
