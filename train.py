@@ -24,7 +24,10 @@ item's index), so successive values are comparable; val_loss_uncond is the same 
 dropped: the gap between the two shows how much the model uses its conditions.
 
 --stop_after N takes at most N steps in this invocation, saves last.pt and exits 0 (a job with a
-time slice continues with --resume; the LR schedule spans the whole run either way).
+time slice continues with --resume; the LR schedule spans the whole run either way). --resume takes
+the model, diffusion and optimisation settings from the checkpoint: flags need not be repeated; a
+model or diffusion flag that contradicts it is an error, an optimisation flag that changes it is
+applied and named in a note.
 
 The pieces (TrainConfig, build_parts, train_step, validation_loss, the checkpoint layout) live in
 lm2a/training.py and lm2a/checkpoint.py; this file is the command line and the loop.
@@ -37,13 +40,13 @@ import math
 import random
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lm2a.config import add_config_flags, config_from_args, constants_for
+from lm2a.config import add_config_flags, config_from_args, constants_for, flag_fields
 from lm2a.monitor import SAMPLE_FIGURES
 from lm2a.training import LOG_COLUMNS, TrainConfig
 from models.diffusion import DiffusionConfig
@@ -131,12 +134,12 @@ def build_parser():
     length.add_argument("--max_steps", type=int, default=MAX_STEPS, help="> 0 overrides --epochs")
     p.add_argument("--stop_after", type=int, default=0,
                    help="take at most this many steps now, save last.pt, exit 0 (0 = run to the end)")
-    # model and diffusion flags stay None unless given, so --resume can tell what was asked for;
-    # None means the constant above (or, on resume, the checkpoint's value)
+    # model, diffusion and optimisation flags stay None unless given, so --resume can tell what was
+    # asked for; None means the constant above (or, on resume, the checkpoint's value)
     add_config_flags(p, UNetConfig, constants_for(UNetConfig, globals()), unset=True, title="model")
     add_config_flags(p, DiffusionConfig, constants_for(DiffusionConfig, globals()), unset=True,
                      title="diffusion")
-    add_config_flags(p, TrainConfig, constants_for(TrainConfig, globals()), title="optimisation")
+    add_config_flags(p, TrainConfig, constants_for(TrainConfig, globals()), unset=True, title="optimisation")
     p.add_argument("--max_nonfinite", type=int, default=MAX_NONFINITE)
     p.add_argument("--val_every", type=int, default=VAL_EVERY)
     p.add_argument("--val_timesteps", type=int, default=VAL_TIMESTEPS)
@@ -184,6 +187,21 @@ def resolve_configs(args, ckpt, lyric_dim):
     if ckpt is None:  # the network's motion input follows the chosen motion features
         model_cfg = replace(model_cfg, motion_dim=motion_feature_dim(diffusion_cfg.motion_features))
     return model_cfg, diffusion_cfg
+
+
+def resolve_train_config(args, ckpt):
+    """-> (TrainConfig, changed): the flags over the constants above; on resume the flags over the
+    checkpoint's own settings, so a resumed run goes on as it was started (augmentation, learning
+    rate, dropout rates ...) unless a flag says otherwise. changed: "name old -> new" for each
+    setting a flag changed against the checkpoint."""
+    base = TrainConfig(**constants_for(TrainConfig, globals()))
+    if ckpt is None:
+        return config_from_args(TrainConfig, args, base), []
+    saved = ckpt.get("train_args") or {}
+    names = [f.name for f in flag_fields(TrainConfig)]
+    base = replace(base, **{k: saved[k] for k in names if saved.get(k) is not None})
+    cfg = config_from_args(TrainConfig, args, base)
+    return cfg, [f"{k} {getattr(base, k)} -> {getattr(cfg, k)}" for k in names if getattr(base, k) != getattr(cfg, k)]
 
 
 def check_clip_configs(train_ds, val_ds, ckpt):
@@ -422,7 +440,7 @@ def setup(args, rank, world, device, log):
     save_dir = prepare_save_dir(args.save_dir, args.resume, args.force, is_main)
     if world > 1:
         torch.distributed.barrier()
-    train_cfg = config_from_args(TrainConfig, args)
+    train_cfg, changed = resolve_train_config(args, ckpt)
     random.seed(train_cfg.seed)
     np.random.seed(train_cfg.seed)
     bars = is_main and not args.no_progress
@@ -451,16 +469,15 @@ def setup(args, rank, world, device, log):
     state = RunState()
     if ckpt is not None:
         state = restore_training(ckpt, parts)
-        before = dict(ckpt.get("train_args", {}), world_size=ckpt.get("world_size", 1))
-        now = dict(batch_size=train_cfg.batch_size, seed=train_cfg.seed, world_size=world)
-        changed = [f"{k} {before[k]} -> {v}" for k, v in now.items() if k in before and before[k] != v]
+        if ckpt.get("world_size", 1) != world:
+            changed.append(f"world_size {ckpt.get('world_size', 1)} -> {world}")
         if changed:
             log(f"train.py: note: {', '.join(changed)} since {ckpt['_path']}: training continues, "
                 f"but not exactly as an uninterrupted run would")
         if state.epoch_batch >= sampler.batches_per_epoch:  # the training set shrank since
             state.epoch, state.epoch_batch = state.epoch + 1, 0
     meta = dict(mel_config=mel_config, text_encoder={"name": train_ds.text_encoder, "dim": train_ds.lyric_dim},
-                train_args=vars(args))
+                train_args=dict(vars(args), **asdict(train_cfg)))  # the settings in force, flags or not
     amp = str(parts.amp_dtype).replace("torch.", "") if parts.amp_dtype else "off"
     log(f"train.py: UNet1D_ultimate {sum(p.numel() for p in parts.model.parameters()) / 1e6:.2f}M "
         f"parameters (base_dim {model_cfg.base_dim}, dim_mults {','.join(map(str, model_cfg.dim_mults))}, "

@@ -137,7 +137,7 @@ def test_learns_and_writes_complete_checkpoints(clips, tmp_path):
         train.train(args_for(clips, save_dir, "--max_steps", 2))
 
 
-def test_resume_is_exact(clips, tmp_path):
+def test_resume_is_exact(clips, tmp_path, capsys):
     common = ("--max_steps", 4, "--batch_size", 3, "--lr", 3e-3, "--val_every", 3, "--save_every", 0,
               "--log_every", 1, "--warmup_steps", 2, "--motion_features", "rhythm", "--aug_mirror", 0.5,
               "--aug_gain", 0.2, "--aug_lyric_swap", 0.5, "--aug_eq", 0.3)  # rhythm features and augmentation draws resume exactly too
@@ -148,7 +148,9 @@ def test_resume_is_exact(clips, tmp_path):
     assert first["exit_code"] == 0 and first["step"] == 2
     half = load_checkpoint(tmp_path / "b" / "last.pt")
     assert (half["step"], half["epoch"], half["epoch_batch"]) == (2, 0, 2)  # mid-epoch: 3 batches/epoch
-    second = train.train(args_for(clips, tmp_path / "b", *common, "--resume"))
+    # --resume alone: the settings come from the checkpoint (only the data and save dir are given)
+    second = train.train(args_for(clips, tmp_path / "b", "--max_steps", 4, "--val_every", 3, "--save_every", 0,
+                                  "--log_every", 1, "--resume"))
     assert second["exit_code"] == 0 and second["step"] == 4
 
     a = load_checkpoint(tmp_path / "a" / "last.pt")
@@ -166,6 +168,18 @@ def test_resume_is_exact(clips, tmp_path):
     rows_a = [(r["step"], r["train_loss"], r["val_loss"]) for r in read_log(tmp_path / "a")]
     rows_b = [(r["step"], r["train_loss"], r["val_loss"]) for r in read_log(tmp_path / "b")]
     assert rows_a == rows_b and len(rows_a) == 1 + 4  # step 0 val, then one row per step
+
+    saved = load_checkpoint(tmp_path / "b" / "last.pt")["train_args"]
+    assert (saved["aug_eq"], saved["lr"], saved["batch_size"]) == (0.3, 3e-3, 3)  # in force, not None
+    # an optimisation flag may change on resume: applied, and named in a note
+    capsys.readouterr()
+    third = train.train(args_for(clips, tmp_path / "b", "--max_steps", 5, "--resume", "--aug_eq", 0.0,
+                                 "--val_every", 0, "--save_every", 0))
+    assert third["exit_code"] == 0 and third["step"] == 5
+    out = capsys.readouterr()
+    note = next(line for line in (out.out + out.err).splitlines() if "note:" in line)
+    assert "note: aug_eq 0.3 -> 0.0 since" in note  # only the flag that changed (lr etc. came from the checkpoint)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["train_args"]["aug_eq"] == 0.0
 
     # the model flags cannot contradict the checkpoint on resume
     with pytest.raises(SystemExit, match="base_dim=16"):
