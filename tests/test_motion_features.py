@@ -173,6 +173,6 @@ def test_diffusion_feeds_the_rhythm_channels_and_checks_the_width():
     wide = UNet1D_ultimate(mel_dim=80, motion_dim=MOTION_DIM, lyric_dim=8, base_dim=8, dim_mults=(1,),
                            cond_dim=8, time_emb_dim=8, num_res_blocks=1, num_mid_blocks=1, num_heads=2)
     with pytest.raises(ValueError, match="gives 54 channels but the network takes motion_dim=234"):
-        GaussianDiffusion(wide, timesteps=10, motion_features="rhythm")
+        GaussianDiffusion(wide, timesteps=100, motion_features="rhythm")
     with pytest.raises(ValueError, match="unknown motion_features"):
-        GaussianDiffusion(wide, timesteps=10, motion_features="pose")
+        GaussianDiffusion(wide, timesteps=100, motion_features="pose")
