@@ -74,9 +74,9 @@ DROPOUT = 0.1                  # dropout inside the UNet
 TIMESTEPS = 1000               # diffusion steps T
 BETA_SCHEDULE = "linear"       # "linear" or "cosine"
 OBJECTIVE = "v"                # network predicts "eps" (noise) or "v" (RESULTS.md, issue 9)
-MOTION_FEATURES = "rhythm"     # "raw" 234 features or "rhythm" channels (models/motion_features.py)
+MOTION_FEATURES = "beat"       # "raw" 234 features, "rhythm" or "beat" channels (models/motion_features.py)
 # ---- optimisation (lm2a/training.py TrainConfig)
-LR = 1e-3                      # peak learning rate (Adan)
+LR = 5e-4                      # peak learning rate (Adan)
 WEIGHT_DECAY = 0.02            # Adan decoupled weight decay
 WARMUP_STEPS = 500             # linear LR warm-up (capped at a tenth of the run)
 LR_SCHEDULE = "cosine"         # after warm-up: "cosine", "step" or "constant"
@@ -89,10 +89,10 @@ EMA_WARMUP = 10                # EMA warm-up constant (n = EMA updates so far)
 P_DROP_MOTION = 0.1            # items with only the motion condition dropped
 P_DROP_LYRICS = 0.1            # items with only the lyrics condition dropped
 P_DROP_BOTH = 0.1              # items with both conditions dropped (unconditional)
-AUG_MIRROR = 0.5               # share of training clips with the dancer mirrored left-right
+AUG_MIRROR = 0.5               # share of training clips with the dancer mirrored left-right (beat channels are mirror-invariant: matters for rhythm/raw)
 AUG_LYRIC_SWAP = 0.8           # share of training clips given another clip's lyric line
-AUG_GAIN = 0.1                 # std of a random log-mel level offset per training clip (ln units)
-AUG_EQ = 0.0                   # per-band std of a random smooth spectral curve per training clip (ln units)
+AUG_GAIN = 0.3                 # std of a random log-mel level offset per training clip (ln units)
+AUG_EQ = 0.4                   # per-band std of a random smooth spectral curve per training clip (ln units)
 AMP = "auto"                   # auto: CUDA bf16 (fp16+GradScaler if no bf16), CPU off; on, off, bf16, fp16
 SEED = 0                       # seeds model init, data order and per-step noise
 # ---- bookkeeping

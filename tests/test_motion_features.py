@@ -131,6 +131,9 @@ def test_beat_features_are_the_whole_body_rhythm_channels():
     raw = torch.from_numpy(motion_features(dance(frames=60), FPS))[None]
     assert motion_feature_dim("beat") == BEAT_DIM == 6
     torch.testing.assert_close(beat_features(raw), rhythm_features(raw)[..., -BEAT_DIM:])
+    # whole-body norms: the left-right mirror (train.py's AUG_MIRROR) leaves them unchanged
+    torch.testing.assert_close(beat_features(mirror_raw_motion(raw)), beat_features(raw), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(rhythm_features(mirror_raw_motion(raw)), rhythm_features(raw), atol=1e-3)
     net = UNet1D_ultimate(mel_dim=80, motion_dim=BEAT_DIM, lyric_dim=8, base_dim=8, dim_mults=(1,),
                           cond_dim=8, time_emb_dim=8, num_res_blocks=1, num_mid_blocks=1, num_heads=2)
     diffusion = GaussianDiffusion(net, timesteps=100, motion_features="beat")
