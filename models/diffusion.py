@@ -61,8 +61,9 @@ class DiffusionConfig:
     timesteps: int = hparam(1000, "diffusion steps T")
     beta_schedule: str = hparam("linear", "noise schedule", choices=tuple(BETA_SCHEDULES))
     objective: str = hparam("eps", 'the network predicts "eps" (noise) or "v"', choices=OBJECTIVES)
-    motion_features: str = hparam("raw", "what the network sees of the dance: raw features, or rhythm "
-                                         "channels without pose or position (models/motion_features.py)",
+    motion_features: str = hparam("raw", "what the network sees of the dance: raw features, rhythm "
+                                         "channels without pose or position, or only their whole-body "
+                                         "beat channels (models/motion_features.py)",
                                   choices=MOTION_FEATURES)
 
     def __post_init__(self):
