@@ -106,6 +106,9 @@ def test_summary_table_holds_the_reference_rows_and_a_reading_sentence(run):
     for kind in REP.ROW_ORDER:
         assert sum(cell == REP.ROW_LABELS[kind] for cell in page.cells) == 2, kind  # rhythm and spectral
     assert "must score above the shuffled-motion, chance and unconditional rows" in text
+    # the settings table says which arithmetic ran (precision auto, resolved for this CPU)
+    ran = json.loads((out / "summary.json").read_text())["settings"]["precision"]
+    assert ran in ("fp32", "bf16") and f"<td>precision</td><td style='text-align:left'><code>{ran}</code>" in text
     summary = json.loads((out / "summary.json").read_text())
     bas = {k: summary["rhythm"][k]["bas_aist"]["mean"] for k in ("model", "shuffled")}
     # the sentence quotes the numbers
