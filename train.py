@@ -201,7 +201,8 @@ def resolve_train_config(args, ckpt):
     names = [f.name for f in flag_fields(TrainConfig)]
     base = replace(base, **{k: saved[k] for k in names if saved.get(k) is not None})
     cfg = config_from_args(TrainConfig, args, base)
-    return cfg, [f"{k} {getattr(base, k)} -> {getattr(cfg, k)}" for k in names if getattr(base, k) != getattr(cfg, k)]
+    changed = [f"{k} {getattr(base, k)} -> {getattr(cfg, k)}" for k in names if getattr(base, k) != getattr(cfg, k)]
+    return cfg, changed
 
 
 def check_clip_configs(train_ds, val_ds, ckpt):

@@ -387,8 +387,8 @@ def clip_section(c, rows):
 
 def settings_table(summary):
     s = summary.get("settings", {})
-    keys = ("ckpt_path", "ckpt_step", "use_ema", "sampler", "steps", "eta", "guidance", "clip_x0", "precision", "seed",
-            "batch_size", "chance_seed", "npz_dir", "gen_dir", "device")
+    keys = ("ckpt_path", "ckpt_step", "use_ema", "sampler", "steps", "eta", "guidance", "clip_x0", "precision",
+            "seed", "batch_size", "chance_seed", "npz_dir", "gen_dir", "device")
     rows = [(k, s.get(k)) for k in keys if k in s]
     uncond = s.get("uncond")
     if uncond:

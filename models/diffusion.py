@@ -73,9 +73,7 @@ class DiffusionConfig:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}: choose one of {OBJECTIVES}")
         motion_feature_dim(self.motion_features)  # raises on an unknown name
-        if self.beta_schedule == "linear" and self.timesteps < LINEAR_MIN_TIMESTEPS:
-            linear_beta_schedule(self.timesteps)  # raises, naming the fix
-
+        BETA_SCHEDULES[self.beta_schedule](self.timesteps)  # raises on a schedule T cannot have, naming the fix
 
 
 PRECISIONS = ("fp32", "bf16", "auto")  # "auto" is resolved per device by lm2a.generate.resolve_precision
