@@ -1,6 +1,7 @@
 """The one place LM2A's speed is measured: preprocessing, data loading, training, sampling.
 
     python sometest/bench.py [--quick] [--device auto] [--json bench.json] [--sections pre,load,train,sample]
+    python sometest/bench.py --sections original --original_repo /path/to/original/checkout
 
 Every figure is the median of repeated runs after a warm-up; versions that are compared (SDPA vs
 nn.MultiheadAttention, preloaded vs per-item loader, DDIM-50 vs DDPM-1000, AMP vs fp32) are measured
@@ -12,6 +13,16 @@ GaussianDiffusion.sample, the path sample.py and val.py take: one sampler step i
 of the doubled batch plus the scheduler update, every step of a sampler costs about the same, so
 seconds per clip = median step time (over SAMPLE_STEPS_TIMED steps) x the sampler's steps / batch,
 in fp32 and under bf16 autocast.
+
+Section `original` (not run by default) puts the original study's sampling step
+(github.com/Bokway/LM2A-lyrics-and-motion-to-audio-with-diffusion-model) next to ours at our default
+model size, fp32, guidance 2 (doubled batch), batches SAMPLE_BATCHES, interleaved (ABAB..., median):
+their UNet1D_ultimate forward with their sample.py's settings plus their DDPM update, against our
+guided DDPM step through GaussianDiffusion.sample. It reports seconds per step, their DDPM-1000 and
+our default sampler (sample.py's sampler and precision here) per clip, the ratios and both parameter
+counts. It needs a checkout of their code, whose modules are imported at run time (nothing of theirs
+is copied here):
+    python sometest/bench.py --quick --sections original --original_repo /path/to/checkout
 """
 import argparse
 import json
@@ -37,26 +48,29 @@ REPEATS = 5            # timed repetitions per figure (median reported); --quick
 TRAIN_BATCHES = (4, 16)  # training batch sizes
 SAMPLE_BATCHES = (1, 8)  # sampling batch sizes
 SAMPLE_STEPS_TIMED = 5   # sampler steps timed per repetition
+SAMPLE_GUIDANCE = 2.0    # classifier-free guidance weight of the sampling rows (doubled batch)
 SAMPLERS_TIMED = (("ddpm", 1000), ("ddim", 50), ("dpm++", 20), ("unipc", 20))  # (sampler, steps) rows
 T_MEL = 516            # mel frames of a 6 s clip
 LYRIC_TOKENS = 16      # tokens per lyric line in synthetic batches
 LYRIC_DIM = 384        # all-MiniLM-L6-v2
 DEMO_SONGS, DEMO_SECONDS = 5, 40.0  # the demo dataset (make demo)
 
+# section "original": the original study's code, imported from a checkout given by --original_repo
+ORIGINAL_GITHUB = "Bokway/LM2A-lyrics-and-motion-to-audio-with-diffusion-model"
+ORIGINAL_FILES = ("models/unet1d_ultimate.py", "models/embedding.py")
+ORIGINAL_PACKAGE = "orig_lm2a_models"  # the name their models/ package is imported under
+# their sample.py's build_models(): UNet1D_ultimate(...) keyword arguments (attn_heads=8 there and in
+# their train.py; 4 is only the class's default) and CondProjection(motion_dim, text_dim, out_dim=cond_dim)
+ORIGINAL_UNET = dict(in_dim=NUM_MELS, base_dim=256, dim_mults=(1, 2, 4), cond_dim=128, time_emb_dim=256,
+                     num_res_blocks=2, mid_blocks=3, attn_heads=8)
+ORIGINAL_COND = dict(motion_dim=78 * 3, text_dim=768)  # lyrics: 768-d, resampled to every mel frame
+ORIGINAL_TIMESTEPS, ORIGINAL_BETAS = 1000, (1e-4, 0.02)  # their GaussianDiffusion: linear betas
+OUR_UNET = {}  # UNetConfig overrides for our side of the comparison ({} = our default size)
+
 
 def median_time(fn, repeats, warmup=1, sync=None):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), times
+    """(median seconds, all times) of `repeats` runs of fn() after `warmup` runs."""
+    return interleaved_median_times({"fn": fn}, repeats, warmup, sync)["fn"]
 
 
 def reset_peak_rss():
@@ -207,30 +221,43 @@ def bench_sampling(args, device):
     """Seconds per clip of each sampler at its step count, through GaussianDiffusion.sample (the path
     sample.py and val.py take): a few steps of the sampler are timed and scaled to the full count
     (every step is one guided forward of the doubled batch plus the update)."""
-    from models.diffusion import GaussianDiffusion, SamplingConfig
-    from models.unet1d_ultimate import UNet1D_ultimate
-
     reps = 2 if args.quick else 3
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    torch.manual_seed(0)
-    diff = GaussianDiffusion(UNet1D_ultimate(lyric_dim=LYRIC_DIM)).to(device).eval()
+    diff = our_sampling_model(device)
     rows = []
     for B in SAMPLE_BATCHES:
         batch = synthetic_batch(B)
         for precision in ("fp32", "bf16"):
             for sampler, total_steps in SAMPLERS_TIMED:
-                settings = SamplingConfig(sampler=sampler, steps=SAMPLE_STEPS_TIMED, guidance=2.0,
-                                          precision=precision)
-
-                def run():
-                    diff.sample(batch["motion"], batch["lyrics"], batch["lyric_pad_mask"], settings=settings,
-                                generator=[torch.Generator().manual_seed(i) for i in range(B)])
-
-                med, _ = median_time(run, reps, sync=sync)
+                med, _ = median_time(our_sampling_run(diff, batch, sampler, precision), reps, sync=sync)
                 per_step = med / SAMPLE_STEPS_TIMED
                 rows.append({"sampler": f"{sampler.upper()}-{total_steps}", "batch": B, "amp": precision,
-                             "guidance": 2.0, "step_s": per_step, "s_per_clip": per_step * total_steps / B})
+                             "guidance": SAMPLE_GUIDANCE, "step_s": per_step,
+                             "s_per_clip": per_step * total_steps / B})
     return {"sampling": rows, "sampling_default": default_sampling(device)}
+
+
+def our_sampling_model(device, **overrides):
+    """GaussianDiffusion around our UNet1D_ultimate at the default size (or `overrides` of UNetConfig),
+    untrained, seeded, in eval mode: the model the sampling rows time."""
+    from models.diffusion import GaussianDiffusion
+    from models.unet1d_ultimate import UNet1D_ultimate
+    torch.manual_seed(0)
+    return GaussianDiffusion(UNet1D_ultimate(lyric_dim=LYRIC_DIM, **overrides)).to(device).eval()
+
+
+def our_sampling_run(diff, batch, sampler, precision):
+    """fn() running SAMPLE_STEPS_TIMED steps of `sampler` through GaussianDiffusion.sample with guidance
+    SAMPLE_GUIDANCE on `batch` (synthetic_batch layout): one timed sampling repetition."""
+    from models.diffusion import SamplingConfig
+    settings = SamplingConfig(sampler=sampler, steps=SAMPLE_STEPS_TIMED, guidance=SAMPLE_GUIDANCE,
+                              precision=precision)
+    B = batch["motion"].shape[0]
+
+    def run():
+        diff.sample(batch["motion"], batch["lyrics"], batch["lyric_pad_mask"], settings=settings,
+                    generator=[torch.Generator().manual_seed(i) for i in range(B)])
+    return run
 
 
 def default_sampling(device):
@@ -244,6 +271,166 @@ def default_sampling(device):
     return {"sampler": f"{d.sampler.upper()}-{d.steps}", "amp": d.precision,
             "precision_setting": sample_script.PRECISION}
 
+
+# ---- the original study side by side (section "original") ---------------------------------------------
+def check_original_repo(repo_dir):
+    """The checkout's root, or SystemExit naming the file it lacks."""
+    root = Path(repo_dir).expanduser().resolve()
+    for rel in ORIGINAL_FILES:
+        if not (root / rel).is_file():
+            raise SystemExit(f"bench: --original_repo {repo_dir}: {rel} not found there (expected a checkout "
+                             f"of github.com/{ORIGINAL_GITHUB})")
+    return root
+
+
+def load_original_models(repo_dir):
+    """(UNet1D_ultimate, CondProjection) classes of the original study, imported at run time from the
+    checkout's models/ as package ORIGINAL_PACKAGE. Their relative imports resolve inside it; for the
+    import, their root leads sys.path and `models` (also our package's name) is their package, then
+    sys.path and our `models` modules are put back, so `import models` stays ours."""
+    import importlib
+    import importlib.util
+    import types
+    root = check_original_repo(repo_dir)
+    pkg_dir = root / "models"
+    for name in [k for k in sys.modules if k == ORIGINAL_PACKAGE or k.startswith(ORIGINAL_PACKAGE + ".")]:
+        del sys.modules[name]
+    init = pkg_dir / "__init__.py"
+    if init.is_file():
+        spec = importlib.util.spec_from_file_location(ORIGINAL_PACKAGE, init,
+                                                      submodule_search_locations=[str(pkg_dir)])
+        pkg = importlib.util.module_from_spec(spec)
+    else:
+        spec, pkg = None, types.ModuleType(ORIGINAL_PACKAGE)
+        pkg.__path__ = [str(pkg_dir)]
+
+    def is_models(name):
+        return name == "models" or name.startswith("models.")
+
+    ours = {k: sys.modules.pop(k) for k in list(sys.modules) if is_models(k)}
+    sys.path.insert(0, str(root))
+    sys.modules[ORIGINAL_PACKAGE] = sys.modules["models"] = pkg
+    try:
+        if spec is not None:
+            spec.loader.exec_module(pkg)
+        unet_cls = importlib.import_module(ORIGINAL_PACKAGE + ".unet1d_ultimate").UNet1D_ultimate
+        cond_cls = importlib.import_module(ORIGINAL_PACKAGE + ".embedding").CondProjection
+    finally:
+        sys.path.remove(str(root))
+        for k in [k for k in sys.modules if is_models(k)]:
+            del sys.modules[k]
+        sys.modules.update(ours)
+    return unet_cls, cond_cls
+
+
+def original_sampling_run(unet, motion_f, text_f, length, guidance=SAMPLE_GUIDANCE):
+    """fn() running SAMPLE_STEPS_TIMED steps (t = 999, 998, ...) of the original sample.py's DDPM loop
+    from fresh noise: per step one forward of the doubled batch [null | cond] (null = conditions x 0),
+    eps = clamp(eps_u + w clamp(eps_c - eps_u, +-5), +-10), x0 estimate, x_{t-1} = (x_t - beta_t /
+    sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sqrt(beta_t) z. motion_f, text_f: their CondProjection's
+    output, computed once per clip outside the loop as there."""
+    device = motion_f.device
+    betas = torch.linspace(*ORIGINAL_BETAS, ORIGINAL_TIMESTEPS, device=device)
+    alphas = 1.0 - betas
+    alpha_bars = torch.cumprod(alphas, dim=0)
+    B = motion_f.shape[0]
+    mel_dim = ORIGINAL_UNET["in_dim"]
+
+    @torch.no_grad()
+    def run():
+        x = torch.randn(B, mel_dim, length, device=device)
+        for t in range(ORIGINAL_TIMESTEPS - 1, ORIGINAL_TIMESTEPS - 1 - SAMPLE_STEPS_TIMED, -1):
+            t_batch = torch.full((B,), t, device=device, dtype=torch.long)
+            null = torch.zeros(B, 1, 1, device=device)
+            out = unet(torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([motion_f * null, motion_f]),
+                       torch.cat([text_f * null, text_f]))
+            eps_u, eps_c = out.chunk(2)
+            eps = (eps_u + guidance * (eps_c - eps_u).clamp(-5.0, 5.0)).clamp(-10.0, 10.0)
+            beta, alpha, abar = betas[t], alphas[t], alpha_bars[t]
+            (x - eps * (1 - abar).sqrt()) / abar.sqrt()  # their x0 estimate, computed and unused there
+            noise = torch.randn_like(x) if t > 0 else torch.zeros_like(x)
+            x = (x - beta / (1 - abar).sqrt() * eps) / alpha.sqrt() + beta.sqrt() * noise
+    return run
+
+
+def interleaved_median_times(fns, repeats, warmup=1, sync=None):
+    """{name: fn} -> {name: (median s, times)}; every round runs each fn once in turn (ABAB...), so
+    load that comes and goes on a shared machine falls on all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if sync:
+                sync()
+            t = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            times[name].append(time.perf_counter() - t)
+    return {name: (statistics.median(ts), ts) for name, ts in times.items()}
+
+
+def bench_original(args, device, sampling_rows=None):
+    """The original study's guided DDPM step (their UNet1D_ultimate with their sample.py's settings + their
+    update) against our guided DDPM step at our default size (OUR_UNET overrides), fp32, interleaved.
+    Our default sampler's seconds per clip come from the sample section's row when it ran
+    (`sampling_rows`), else from its step timed here in the same rounds."""
+    reps = 2 if args.quick else REPEATS
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    unet_cls, cond_cls = load_original_models(args.original_repo)
+    import models
+    if Path(models.__file__).resolve().parent != REPO / "models":
+        raise RuntimeError(f"bench: `models` resolves to {models.__file__} after importing the original code")
+    torch.manual_seed(0)
+    theirs = unet_cls(**ORIGINAL_UNET).to(device).eval()
+    cond_proj = cond_cls(out_dim=ORIGINAL_UNET["cond_dim"], **ORIGINAL_COND).to(device).eval()
+    diff = our_sampling_model(device, **OUR_UNET)
+    default = default_sampling(device)
+    default_sampler, default_steps = default["sampler"].rsplit("-", 1)
+    default_sampler, default_steps = default_sampler.lower(), int(default_steps)
+    n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    rows = []
+    for B in SAMPLE_BATCHES:
+        batch = synthetic_batch(B, T=T_MEL)
+        g = torch.Generator().manual_seed(B)
+        with torch.no_grad():
+            motion_f, text_f = cond_proj(
+                torch.randn(B, T_MEL, ORIGINAL_COND["motion_dim"], generator=g).to(device),
+                torch.randn(B, T_MEL, ORIGINAL_COND["text_dim"], generator=g).to(device))
+        fns = {"original": original_sampling_run(theirs, motion_f, text_f, T_MEL),
+               "ours": our_sampling_run(diff, batch, "ddpm", "fp32")}
+        row_default = next((r for r in sampling_rows or () if r["batch"] == B and r["amp"] == default["amp"]
+                            and r["sampler"] == default["sampler"]), None)
+        if row_default is None and (default_sampler, default["amp"]) != ("ddpm", "fp32"):
+            fns["ours_default"] = our_sampling_run(diff, batch, default_sampler, default["amp"])
+        timed = interleaved_median_times(fns, reps, sync=sync)
+        step = {name: med / SAMPLE_STEPS_TIMED for name, (med, _) in timed.items()}
+        if row_default is not None:
+            default_per_clip, source = row_default["s_per_clip"], "sample section"
+        else:
+            step.setdefault("ours_default", step["ours"])
+            default_per_clip, source = step["ours_default"] * default_steps / B, "this section"
+        row = {"batch": B, "original_step_s": step["original"], "ours_step_s": step["ours"],
+               "original_ddpm1000_s_per_clip": step["original"] * ORIGINAL_TIMESTEPS / B,
+               "ours_ddpm1000_s_per_clip": step["ours"] * 1000 / B,
+               "ours_default_s_per_clip": default_per_clip, "ours_default_source": source}
+        if source == "this section":
+            row["ours_default_step_s"] = step["ours_default"]
+        row["original_step_over_ours"] = row["original_step_s"] / row["ours_step_s"]
+        row["original_ddpm1000_over_our_default"] = row["original_ddpm1000_s_per_clip"] / default_per_clip
+        row["times"] = {name: ts for name, (_, ts) in timed.items()}
+        rows.append(row)
+    return {"original": {
+        "repo": str(Path(args.original_repo).expanduser().resolve()), "github": ORIGINAL_GITHUB,
+        "original_unet": {k: list(v) if isinstance(v, tuple) else v for k, v in ORIGINAL_UNET.items()},
+        "original_cond": ORIGINAL_COND, "ours_unet": {**OUR_UNET},
+        "params_original_unet": n_params(theirs), "params_original_cond_proj": n_params(cond_proj),
+        "params_original": n_params(theirs) + n_params(cond_proj), "params_ours": n_params(diff.model),
+        "guidance": SAMPLE_GUIDANCE, "amp": "fp32", "mel_frames": T_MEL, "steps_timed": SAMPLE_STEPS_TIMED,
+        "repeats": reps, "our_default": {"sampler": default["sampler"], "amp": default["amp"]},
+        "rows": rows}}
 
 # ---- report ----------------------------------------------------------------------------------------
 def table(res):
@@ -276,6 +463,30 @@ def table(res):
             lines.append(f"\nsample.py's defaults on this device: {d['sampler']} {d['amp']} "
                          f"(precision {d['precision_setting']!r})")
         lines.append("")
+    if "original" in res:
+        o, d = res["original"], res["original"]["our_default"]
+        lines += [f"| original study vs ours, guidance {o['guidance']:g} (doubled batch), fp32 | batch | s/step | "
+                  f"DDPM-1000 s/clip | ours {d['sampler']} {d['amp']} s/clip | step ratio | "
+                  "their DDPM-1000 / our default |", "|---|---|---|---|---|---|---|"]
+        for r in o["rows"]:
+            lines.append(f"| original (their sample.py settings) | {r['batch']} | {r['original_step_s']:.3f} | "
+                         f"{r['original_ddpm1000_s_per_clip']:.1f} | | {r['original_step_over_ours']:.2f} | "
+                         f"{r['original_ddpm1000_over_our_default']:.1f} |")
+            lines.append(f"| ours (default size) | {r['batch']} | {r['ours_step_s']:.3f} | "
+                         f"{r['ours_ddpm1000_s_per_clip']:.1f} | {r['ours_default_s_per_clip']:.2f} | 1 | |")
+        u = o["original_unet"]
+        lines += ["", f"parameters: original {o['params_original']:,} (UNet1D_ultimate {o['params_original_unet']:,} "
+                  f"+ CondProjection {o['params_original_cond_proj']:,}), ours {o['params_ours']:,}",
+                  f"original: their sample.py's UNet1D_ultimate(base_dim={u['base_dim']}, dim_mults={u['dim_mults']}, "
+                  f"cond_dim={u['cond_dim']}, time_emb_dim={u['time_emb_dim']}, num_res_blocks={u['num_res_blocks']}, "
+                  f"mid_blocks={u['mid_blocks']}, attn_heads={u['attn_heads']}), "
+                  f"motion {o['original_cond']['motion_dim']}-d and lyrics {o['original_cond']['text_dim']}-d on every one of {o['mel_frames']} frames, "
+                  "CondProjection once per clip; step = their UNet forward + their DDPM update (eps clamps)",
+                  f"ours: default UNetConfig{' + ' + str(o['ours_unet']) if o['ours_unet'] else ''}, "
+                  f"motion {MOTION_DIM}-d per frame, {LYRIC_TOKENS} lyric tokens x {LYRIC_DIM}; step = "
+                  "GaussianDiffusion.sample DDPM step; default sampler s/clip timed in: "
+                  + ", ".join(sorted({r["ours_default_source"] for r in o["rows"]})),
+                  f"interleaved, median of {o['repeats']} rounds of {o['steps_timed']} steps each", ""]
     return "\n".join(lines)
 
 
@@ -297,6 +508,11 @@ def ratios(res):
                 d = res.get("sampling_default") or {}
                 if (r["sampler"], r["amp"]) == (d.get("sampler"), d.get("amp")):  # sample.py's defaults here
                     out[f"ddpm1000_fp32_over_default_b{r['batch']}"] = base["s_per_clip"] / r["s_per_clip"]
+    if "original" in res:  # same run, interleaved: their step over ours, their DDPM-1000 over our default
+        for r in res["original"]["rows"]:
+            out[f"original_step_over_ours_b{r['batch']}"] = r["original_step_s"] / r["ours_step_s"]
+            out[f"original_ddpm1000_over_our_default_b{r['batch']}"] = \
+                r["original_ddpm1000_s_per_clip"] / r["ours_default_s_per_clip"]
     if "loading" in res and "training" in res:
         fp32 = [r for r in res["training"] if r["amp"] == "fp32" and r["attn"] == "sdpa" and r["batch"] == 16] or \
                [r for r in res["training"] if r["amp"] == "fp32" and r["attn"] == "sdpa"]
@@ -310,7 +526,10 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="fewer repeats, batch 4 only, 1 preprocessing run")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--sections", default="pre,load,train,sample")
+    p.add_argument("--sections", default="pre,load,train,sample",
+                   help="comma list of pre,load,train,sample,original (original needs --original_repo)")
+    p.add_argument("--original_repo", default=None,
+                   help=f"checkout of github.com/{ORIGINAL_GITHUB}, for --sections original")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile for training (sdpa)")
     p.add_argument("--work_dir", default=None, help="where demo data and clips go (default: a temp dir)")
@@ -320,6 +539,11 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     sections = set(args.sections.split(","))
+    if "original" in sections:
+        if not args.original_repo:
+            p.error(f"--sections original needs --original_repo DIR: a checkout of the original study's code, "
+                    f"github.com/{ORIGINAL_GITHUB}")
+        check_original_repo(args.original_repo)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="lm2a_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -344,6 +568,8 @@ def main(argv=None):
         res.update(bench_training(args, device))
     if "sample" in sections:
         res.update(bench_sampling(args, device))
+    if "original" in sections:
+        res.update(bench_original(args, device, res.get("sampling")))
     res["ratios"] = ratios(res)
     res["seconds"] = time.perf_counter() - t0
     print(table(res))

@@ -200,3 +200,133 @@ def test_bench_ratios_pick_sample_py_defaults_as_resolved_here(monkeypatch):
         assert r["ddpm1000_fp32_over_default_b1"] == r["ddpm1000_fp32_over_default_b8"] == pytest.approx(want)
         assert r["ddpm1000_fp32_over_unipc-20_bf16_b8"] == pytest.approx(75.0)
         assert f"UNIPC-20 {amp} (precision 'auto')" in bench.table({"sampling": rows, "sampling_default": default})
+
+
+FAKE_ORIGINAL_EMBEDDING = '''import torch
+from torch import nn
+
+MARK = "fake original"
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.proj = nn.Linear(1, dim)
+
+    def forward(self, t):
+        return self.proj(t.float()[:, None] / 1000)
+
+
+class CondProjection(nn.Module):
+    def __init__(self, motion_dim=78*3, text_dim=768, out_dim=128):
+        super().__init__()
+        self.motion_proj = nn.Linear(motion_dim, out_dim)
+        self.text_proj = nn.Linear(text_dim, out_dim)
+
+    def forward(self, motion, lyrics):
+        return self.motion_proj(motion), self.text_proj(lyrics)
+'''
+
+FAKE_ORIGINAL_UNET = '''import torch
+from torch import nn
+
+from .embedding import TimestepEmbedding  # relative, as theirs
+import models.embedding as absolute_embedding  # an absolute `models.` import resolves to this checkout
+
+assert absolute_embedding.MARK == "fake original"
+
+
+class UNet1D_ultimate(nn.Module):
+    def __init__(self, in_dim=80, base_dim=128, dim_mults=(1, 2, 4), cond_dim=128, time_emb_dim=256,
+                 num_res_blocks=2, mid_blocks=3, attn_heads=4):
+        super().__init__()
+        self.time_embedding = TimestepEmbedding(time_emb_dim)
+        self.t_proj = nn.Linear(time_emb_dim, base_dim)
+        self.inp = nn.Conv1d(in_dim, base_dim, 3, padding=1)
+        self.cond = nn.Linear(cond_dim, base_dim)
+        self.out = nn.Conv1d(base_dim, in_dim, 1)
+
+    def forward(self, x, t, motion_f=None, text_f=None):
+        h = self.inp(x) + self.t_proj(self.time_embedding(t))[:, :, None]
+        h = h + self.cond(motion_f + text_f).transpose(1, 2)
+        return self.out(torch.tanh(h))
+'''
+
+
+def fake_original_repo(root):
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "__init__.py").write_text("")
+    (root / "models" / "embedding.py").write_text(FAKE_ORIGINAL_EMBEDDING)
+    (root / "models" / "unet1d_ultimate.py").write_text(FAKE_ORIGINAL_UNET)
+    return root
+
+
+def test_bench_original_section_needs_the_checkout(tmp_path, capsys):
+    bench = load_script("bench")
+    with pytest.raises(SystemExit):
+        bench.main(["--sections", "original", "--work_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "--original_repo" in err and "Bokway/LM2A-lyrics-and-motion-to-audio-with-diffusion-model" in err
+    (tmp_path / "empty" / "models").mkdir(parents=True)
+    (tmp_path / "empty" / "models" / "embedding.py").write_text("")
+    with pytest.raises(SystemExit, match="models/unet1d_ultimate.py not found"):
+        bench.main(["--sections", "original", "--original_repo", str(tmp_path / "empty"),
+                    "--work_dir", str(tmp_path)])
+
+
+def test_bench_original_section_on_a_fake_checkout(tmp_path, monkeypatch, capsys):
+    import math
+    import sys
+    from lm2a import generate as G
+    bench = load_script("bench")
+    monkeypatch.setattr(G, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))  # default: UNIPC-20 bf16
+    monkeypatch.setattr(bench, "ORIGINAL_UNET", dict(bench.ORIGINAL_UNET, base_dim=8, cond_dim=8, time_emb_dim=8))
+    monkeypatch.setattr(bench, "OUR_UNET", dict(base_dim=8, dim_mults=(1, 2), cond_dim=8, time_emb_dim=8,
+                                                num_heads=2, num_res_blocks=1, num_mid_blocks=1))
+    monkeypatch.setattr(bench, "T_MEL", 24)
+    monkeypatch.setattr(bench, "SAMPLE_STEPS_TIMED", 2)
+    monkeypatch.setattr(bench, "SAMPLE_BATCHES", (1, 2))
+    repo = fake_original_repo(tmp_path / "orig")
+    out_json = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--sections", "original", "--original_repo", str(repo), "--device", "cpu",
+                       "--threads", "1", "--json", str(out_json), "--work_dir", str(tmp_path / "w")]) == 0
+    res = json.loads(out_json.read_text())
+    o = res["original"]
+    assert o["our_default"] == {"sampler": "UNIPC-20", "amp": "bf16"}
+    assert o["params_original"] == o["params_original_unet"] + o["params_original_cond_proj"] > 0
+    assert o["params_original_cond_proj"] == (234 + 1) * 8 + (768 + 1) * 8 and o["params_ours"] > 0
+    assert [r["batch"] for r in o["rows"]] == [1, 2]
+    for r in o["rows"]:
+        B = r["batch"]
+        for key in ("original_step_s", "ours_step_s", "ours_default_step_s", "ours_default_s_per_clip"):
+            assert math.isfinite(r[key]) and r[key] > 0, key
+        assert {k: len(v) for k, v in r["times"].items()} == {"original": 2, "ours": 2, "ours_default": 2}
+        assert r["ours_default_source"] == "this section"
+        assert r["original_ddpm1000_s_per_clip"] == pytest.approx(r["original_step_s"] * 1000 / B)
+        assert r["ours_ddpm1000_s_per_clip"] == pytest.approx(r["ours_step_s"] * 1000 / B)
+        assert r["ours_default_s_per_clip"] == pytest.approx(r["ours_default_step_s"] * 20 / B)
+        assert r["original_step_over_ours"] == pytest.approx(r["original_step_s"] / r["ours_step_s"])
+        assert res["ratios"][f"original_step_over_ours_b{B}"] == pytest.approx(r["original_step_over_ours"])
+        assert res["ratios"][f"original_ddpm1000_over_our_default_b{B}"] == pytest.approx(
+            r["original_ddpm1000_s_per_clip"] / r["ours_default_s_per_clip"])
+    printed = capsys.readouterr().out
+    assert "| original (their sample.py settings) | 2 |" in printed and "ours UNIPC-20 bf16 s/clip" in printed
+    assert "original_ddpm1000_over_our_default_b2:" in printed
+
+    # our `models` package is still the one imported, theirs only under its own name
+    import models
+    from models.unet1d_ultimate import UNetConfig
+    assert Path(models.__file__).resolve().parent == REPO / "models" and UNetConfig().num_heads == 8
+    assert all(Path(m.__file__).resolve().is_relative_to(REPO) for k, m in sys.modules.items()
+               if (k == "models" or k.startswith("models.")) and getattr(m, "__file__", None))
+    assert Path(sys.modules["orig_lm2a_models.unet1d_ultimate"].__file__).parent == repo / "models"
+
+    # with the sample section's rows, our default's seconds per clip are taken from them
+    monkeypatch.setattr(bench, "SAMPLE_BATCHES", (1,))
+    rows = [{"sampler": "UNIPC-20", "batch": 1, "amp": "bf16", "step_s": 0.5, "s_per_clip": 10.0}]
+    args = type("Args", (), {"quick": True, "original_repo": str(repo)})()
+    o = bench.bench_original(args, torch.device("cpu"), rows)["original"]
+    r = o["rows"][0]
+    assert r["ours_default_s_per_clip"] == 10.0 and r["ours_default_source"] == "sample section"
+    assert set(r["times"]) == {"original", "ours"}
+    assert r["original_ddpm1000_over_our_default"] == pytest.approx(r["original_step_s"] * 1000 / 10.0)
