@@ -2,7 +2,9 @@
 sampling seeds, the val.py figures on one split -> a table with the seed-to-seed spread.
 
     python sometest/sampler_sweep.py --ckpt demo/runs/tiny --npz_dir demo/split/test \
-        --out sweep.json [--samplers ddpm,ddim,dpm++,unipc] [--steps 5,10,20,50] [--seeds 0,1,2]
+        --out sweep.json [--samplers ddpm,ddim,dpm++,unipc] [--steps 5,10,20,50] [--seeds 0,1,2] \
+        [--plot sweep.png]
+    python sometest/sampler_sweep.py --table sweep.json [more.json ...] [--plot sweep.png]
 
 Per setting and seed: mean over clips of MSE, onset F1, beat alignment with the true motion and
 with shuffled motion (lm2a.metrics, the functions val.py uses; the shuffled pairing is
@@ -12,7 +14,12 @@ whose every figure lies within the seed-to-seed spread of DDPM-1000: |mean - ref
 sqrt(ref std^2 + row std^2), in either direction (few-step samplers can score *better* than the
 converged sampler on MSE or Fréchet by being smoother: that is a different distribution, not equal
 quality). Writes JSON and prints a markdown table (RESULTS.md / BENCHMARKS.md);
-`--table JSON` prints the table of an earlier run.
+`--table JSON [JSON ...]` prints the table of earlier runs (rows of several files together, the
+`--reference` row among them as the reference) and `--plot PNG` draws each figure against steps.
+
+A long sweep (DDPM-1000 on a larger model takes hours on a CPU) loses nothing when stopped: the JSON
+is rewritten after every row, and a rerun with the same `--out`, checkpoint, clips, seeds and
+guidance reuses the rows already there (`--force` recomputes them).
 
 `--precision fp32,bf16` runs every setting in both (the reference in the first): bf16 rows add the
 RMS difference of their mels from the fp32 mels of the same sampler, steps and seed (log units),
@@ -57,19 +64,113 @@ def within(row, ref):
                for k in FIGURES)
 
 
-def table(result):
-    """Markdown table of a sweep result (rows in run order, the reference last)."""
-    ref = result["rows"][-1]
-    ref_name = f"{ref['sampler'].upper()}-{ref['steps']}"
-    lines = ["| sampler | steps | precision | " + " | ".join(FIGURES) + " | s/clip | RMS diff vs fp32 "
-             f"(seed to seed) | within {ref_name} spread |", "|---|---|---|" + "---|" * (len(FIGURES) + 3)]
+def row_key(row, result=None):
+    """(sampler, steps, precision) of a row; rows of old sweeps carry the precision at the top."""
+    return row["sampler"], int(row["steps"]), row.get("precision", (result or {}).get("precision", "fp32"))
+
+
+def find_reference(rows, reference):
+    """The row named by `reference` ("sampler:steps", fp32 preferred), or None."""
+    if not reference:
+        return None
+    name, steps = reference.split(":")
+    hits = [r for r in rows if (r["sampler"], int(r["steps"])) == (name, int(steps))]
+    return next((r for r in hits if r.get("precision", "fp32") == "fp32"), hits[0] if hits else None)
+
+
+def merge(results):
+    """Rows of several sweep results of one model and clip set, in file order; a later file's row
+    replaces an earlier one with the same (sampler, steps, precision)."""
+    rows = {}
+    for res in results:
+        for row in res["rows"]:
+            rows[row_key(row, res)] = {**row, "precision": row_key(row, res)[2]}
+    first = results[0]
+    return {**{k: v for k, v in first.items() if k != "rows"}, "rows": list(rows.values()),
+            "sources": [r.get("command", "") for r in results]}
+
+
+def table(result, reference="ddpm:1000"):
+    """Markdown table of a sweep result (rows in run order; with a `reference` row, a column saying
+    whether each row lies within its seed-to-seed spread)."""
+    ref = find_reference(result["rows"], reference)
+    head = ["sampler", "steps", "precision", *FIGURES, "s/clip", "RMS diff vs fp32 (seed to seed)"]
+    if ref is not None:
+        head.append(f"within {ref['sampler'].upper()}-{ref['steps']} spread")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
-        cells = " | ".join(f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in FIGURES)
+        cells = [row["sampler"], str(row["steps"]), row_key(row, result)[2]]
+        cells += [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in FIGURES]
         seed_rms = f" ({row['rms_seed_to_seed']:.3f})" if row.get("rms_seed_to_seed") is not None else ""
-        rms = (f"{row['rms_vs_fp32']:.3f}" if row.get("rms_vs_fp32") is not None else "") + seed_rms
-        lines.append(f"| {row['sampler']} | {row['steps']} | {row.get('precision', result.get('precision'))} "
-                     f"| {cells} | {row['s_per_clip']:.2f} | {rms} | {'yes' if within(row, ref) else 'no'} |")
+        cells += [f"{row['s_per_clip']:.2f}",
+                  (f"{row['rms_vs_fp32']:.3f}" if row.get("rms_vs_fp32") is not None else "") + seed_rms]
+        if ref is not None:
+            cells.append("yes" if within(row, ref) else "no")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot(result, path, reference="ddpm:1000"):
+    """Each figure (and seconds per clip) against sampler steps: one line per sampler and precision,
+    error bars = seed-to-seed std, the reference row as a band (mean ± 2 std)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    ref = find_reference(result["rows"], reference)
+    lines = {}
+    for row in result["rows"]:
+        if row is not ref:
+            lines.setdefault((row["sampler"], row_key(row, result)[2]), []).append(row)
+    panels = [*FIGURES, "s_per_clip"]
+    steps = sorted({int(r["steps"]) for rows in lines.values() for r in rows})
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, k in zip(axes.flat, panels):
+        for (sampler, precision), rows in lines.items():
+            rows = sorted(rows, key=lambda r: int(r["steps"]))
+            x = [int(r["steps"]) for r in rows]
+            label = sampler if len({p for _, p in lines}) == 1 else f"{sampler} {precision}"
+            if k == "s_per_clip":
+                ax.plot(x, [r[k] for r in rows], marker="o", label=label)
+            else:
+                ax.errorbar(x, [r[k]["mean"] for r in rows], yerr=[r[k]["std"] for r in rows],
+                            marker="o", capsize=3, label=label)
+        if ref is not None:
+            name = f"{ref['sampler'].upper()}-{ref['steps']}"
+            if k == "s_per_clip":
+                ax.axhline(ref[k], color="k", ls="--", label=name)
+            else:
+                m, sd = ref[k]["mean"], ref[k]["std"]
+                ax.axhspan(m - 2 * sd, m + 2 * sd, color="0.85", zorder=0)
+                ax.axhline(m, color="k", ls="--", label=f"{name} (band ± 2 std)")
+        ax.set_xscale("log")
+        ax.set_xticks(steps, [str(n) for n in steps], minor=False)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_yscale("log" if k == "s_per_clip" else "linear")
+        ax.set_xlabel("sampler steps")
+        ax.set_title(k.replace("_", " ") + (" (lower is better)" if k in ("mse", "frechet") else ""))
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"{Path(result.get('ckpt', '')).parent.name} step {result.get('step')}: "
+                 f"{result.get('clips')} clips, seeds {result.get('seeds')}, guidance {result.get('guidance')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def reusable_rows(path, header):
+    """Rows of an earlier (possibly unfinished) sweep at `path` made with the same `header`
+    (checkpoint, clips, seeds, guidance), keyed by (sampler, steps, precision)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    if any(old.get(k) != v for k, v in header.items()):
+        return {}
+    return {row_key(r, old): r for r in old.get("rows", [])}
 
 
 def rms_between(a, b):
@@ -81,7 +182,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt")
     p.add_argument("--npz_dir")
-    p.add_argument("--table", help="print the table of this earlier sweep JSON and exit")
+    p.add_argument("--table", nargs="+", help="print the table of these earlier sweep JSONs and exit")
+    p.add_argument("--plot", help="also draw the figures against steps into this PNG")
+    p.add_argument("--force", action="store_true", help="recompute rows already in --out")
     p.add_argument("--out", default="sweep.json")
     p.add_argument("--samplers", default="ddpm,ddim,dpm++,unipc")
     p.add_argument("--steps", default="5,10,20,50")
@@ -92,29 +195,55 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--reference", default="ddpm:1000", help='the reference row, "sampler:steps" ("" = none)')
     args = p.parse_args(argv)
+    reference = args.reference or None
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        result = merge([json.loads(Path(f).read_text()) for f in args.table])
+        print(table(result, reference))
+        if args.plot:
+            print("wrote", plot(result, args.plot, reference))
         return 0
     if not (args.ckpt and args.npz_dir):
         p.error("--ckpt and --npz_dir are needed (or --table JSON)")
 
-    from lm2a.clipio import list_clip_files
+    from lm2a.clipio import atomic_file, list_clip_files
     from lm2a.generate import generate_for_items, load_clips, load_model
     from lm2a.metrics import chance_pairs
     from models.diffusion import SamplingConfig
 
     diffusion, info = load_model(args.ckpt, args.device)
-    items, _ = load_clips(list_clip_files(args.npz_dir), info)
+    items, skipped = load_clips(list_clip_files(args.npz_dir), info)
+    if not items:
+        reasons = "; ".join(f"{Path(p).name}: {why}" for p, why in skipped[:3])
+        raise SystemExit(f"sampler_sweep.py: no clip in {args.npz_dir} that this checkpoint can use"
+                         + (f" ({reasons})" if reasons else " (no .npz files: pass a split folder, "
+                            "e.g. demo/split/test)"))
     pairs = chance_pairs([it["clip"]["song"] for it in items], seed=0)
     precisions = args.precision.split(",")
     settings = [(s, int(n), prec) for s in args.samplers.split(",") for n in args.steps.split(",")
                 for prec in precisions]
-    if args.reference:
-        name, steps = args.reference.split(":")
-        settings.append((name, int(steps), precisions[0]))
+    if reference:
+        name, steps = reference.split(":")
+        if (name, int(steps), precisions[0]) not in settings:
+            settings.append((name, int(steps), precisions[0]))
     seeds = [int(s) for s in args.seeds.split(",")]
+    header = {"ckpt": info["_path"], "step": info["step"], "npz_dir": args.npz_dir, "clips": len(items),
+              "seeds": seeds, "guidance": args.guidance}
+    done = {} if args.force else reusable_rows(args.out, header)
+    command = "python sometest/sampler_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows, fp32_mels = [], {}
+
+    def write(complete):
+        result = {**header, "precision": args.precision, "reference": reference, "complete": complete,
+                  "rows": rows, "command": command}
+        with atomic_file(args.out, "w", encoding="utf-8") as f:  # a stop mid-write leaves the last rows
+            f.write(json.dumps(result, indent=2))
+        return result
+
     for sampler, steps, precision in settings:
+        if (sampler, steps, precision) in done:
+            rows.append(done[(sampler, steps, precision)])
+            print(f"{sampler}-{steps} {precision}: reused from {args.out}", flush=True)
+            continue
         per_seed, seconds, mels_by_seed = [], [], []
         for seed in seeds:
             cfg = SamplingConfig(sampler=sampler, steps=steps, guidance=args.guidance, seed=seed,
@@ -135,22 +264,22 @@ def main(argv=None):
         if precision != "fp32" and (sampler, steps) in fp32_mels:
             row["rms_vs_fp32"] = float(np.mean([rms_between(m, f) for m, f in
                                                 zip(mels_by_seed, fp32_mels[(sampler, steps)])]))
-            row["rms_seed_to_seed"] = next(r.get("rms_seed_to_seed") for r in rows if (
-                r["sampler"], r["steps"], r["precision"]) == (sampler, steps, "fp32"))
+            row["rms_seed_to_seed"] = next(r.get("rms_seed_to_seed") for r in rows if
+                                           row_key(r) == (sampler, steps, "fp32"))
         for k in FIGURES:
             values = [f[k] for f in per_seed]
             row[k] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
         rows.append(row)
+        write(complete=False)
         print(f"{sampler}-{steps} {precision}: " + ", ".join(f"{k} {row[k]['mean']:.3f}±{row[k]['std']:.3f}" for k in FIGURES)
               + f", {row['s_per_clip']:.2f} s/clip", flush=True)
-    ref = rows[-1]
+    ref = find_reference(rows, reference)
     for row in rows:
-        row["within_ddpm1000_spread"] = bool(within(row, ref))
-    result = {"ckpt": info["_path"], "step": info["step"], "npz_dir": args.npz_dir, "clips": len(items),
-              "seeds": seeds, "guidance": args.guidance, "precision": args.precision, "rows": rows,
-              "command": "python sometest/sampler_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print("\n" + table(result))
+        row["within_reference_spread"] = None if ref is None else bool(within(row, ref))
+    result = write(complete=True)
+    print("\n" + table(result, reference))
+    if args.plot:
+        print("wrote", plot(result, args.plot, reference))
     return 0
 
 
