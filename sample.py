@@ -48,7 +48,7 @@ from models.diffusion import SamplingConfig
 CKPT = "checkpoints"           # checkpoint file, or a folder (its newest checkpoint)
 NPZ_DIR = "split/test"         # clips to generate for (used when neither --npz nor --motion is given)
 OUT_DIR = "generated"          # where <name>_gen.npz and <name>.png go
-SAMPLER = "unipc"              # "unipc", "dpm++", "ddim" or "ddpm" (BENCHMARKS.md: quality vs steps)
+SAMPLER = "dpm++"              # "dpm++", "unipc", "ddim" or "ddpm" (BENCHMARKS.md: quality vs steps)
 STEPS = 20                     # sampling steps (<= the checkpoint's diffusion timesteps)
 ETA = 0.0                      # DDIM eta: 0 deterministic, 1 = DDPM-like noise
 GUIDANCE = 2.0                 # classifier-free guidance: 1 cond only, 0 uncond only

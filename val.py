@@ -56,7 +56,7 @@ NPZ_DIR = "split/test"         # real clips to evaluate against
 OUT_DIR = "val"                # csv, json and plots go here
 MAX_SAMPLES = 0                # evaluate the first N clips only (0 = all)
 GEN_DIR = ""                   # read <name>_gen.npz from here instead of generating ("" = generate)
-SAMPLER = "unipc"              # "unipc", "dpm++", "ddim" or "ddpm"
+SAMPLER = "dpm++"              # "dpm++", "unipc", "ddim" or "ddpm"
 STEPS = 20                     # sampling steps
 GUIDANCE = 2.0                 # classifier-free guidance weight of the model row
 PRECISION = "auto"             # network arithmetic: auto = bf16 where the device has it natively (BENCHMARKS.md), fp32, bf16

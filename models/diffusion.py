@@ -84,7 +84,7 @@ class SamplingConfig:
     """How to sample, declared once: passed whole from sample.py / val.py to generation and written
     into every generated npz with asdict. seed and batch_size are the generation loop's (per-clip
     noise streams seeded from seed and the clip's name; batching never changes a clip's result)."""
-    sampler: str = hparam("unipc", "sampler (default chosen in BENCHMARKS.md, quality vs steps)",
+    sampler: str = hparam("dpm++", "sampler (default chosen in BENCHMARKS.md, quality vs steps)",
                           choices=SAMPLERS)
     steps: int = hparam(20, "sampling steps (<= the checkpoint's diffusion timesteps)")
     eta: float = hparam(0.0, "DDIM eta: 0 deterministic, 1 = DDPM-like noise")

@@ -261,7 +261,7 @@ def our_sampling_run(diff, batch, sampler, precision):
 
 
 def default_sampling(device):
-    """What sample.py / val.py run by default on `device`: {"sampler": "UNIPC-20", "amp": resolved
+    """What sample.py / val.py run by default on `device`: {"sampler": "DPM++-20", "amp": resolved
     precision}, the row the "default" ratio picks."""
     import sample as sample_script
     from lm2a.generate import resolve_precision

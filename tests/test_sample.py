@@ -83,12 +83,12 @@ def test_writes_one_gen_npz_and_png_per_clip(setup, capsys):
                       "--quiet"])
     assert rc == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "read 3 clips, wrote 3, skipped 0" in line and "unipc 3 steps" in line and "s/clip" in line
+    assert "read 3 clips, wrote 3, skipped 0" in line and "dpm++ 3 steps" in line and "s/clip" in line
     for clip in setup["clips"]:
         with np.load(out / f"{clip.stem}_gen.npz") as g, np.load(clip) as c:
             assert g["mel"].shape == c["mel"].shape == (80, MEL_FRAMES)
             assert g["mel"].dtype == np.float32 and np.isfinite(g["mel"]).all()
-            assert str(g["sampler"]) == "unipc" and int(g["steps"]) == 3 and float(g["eta"]) == 0.0
+            assert str(g["sampler"]) == "dpm++" and int(g["steps"]) == 3 and float(g["eta"]) == 0.0
             assert float(g["guidance"]) == 1.5 and int(g["seed"]) == 11 and bool(g["use_ema"])
             # the default precision "auto" is recorded as what ran on this CPU
             assert str(g["precision"]) == ("bf16" if G.native_bf16("cpu") else "fp32")

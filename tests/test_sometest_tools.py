@@ -189,17 +189,17 @@ def test_bench_ratios_pick_sample_py_defaults_as_resolved_here(monkeypatch):
     from lm2a import generate as G
     bench = load_script("bench")
     rows = [{"sampler": s, "batch": b, "amp": a, "step_s": 1.0, "s_per_clip": t}
-            for b in (1, 8) for s, a, t in (("DDPM-1000", "fp32", 600.0), ("UNIPC-20", "fp32", 12.0),
-                                            ("UNIPC-20", "bf16", 8.0))]
+            for b in (1, 8) for s, a, t in (("DDPM-1000", "fp32", 600.0), ("DPM++-20", "fp32", 12.0),
+                                            ("DPM++-20", "bf16", 8.0), ("UNIPC-20", "bf16", 8.0))]
     for flags, amp in ((frozenset({"avx512_bf16"}), "bf16"), (frozenset({"avx2"}), "fp32")):
         monkeypatch.setattr(G, "_cpu_flags", lambda flags=flags: flags)
         default = bench.default_sampling(torch.device("cpu"))
-        assert default == {"sampler": "UNIPC-20", "amp": amp, "precision_setting": "auto"}
+        assert default == {"sampler": "DPM++-20", "amp": amp, "precision_setting": "auto"}
         r = bench.ratios({"sampling": rows, "sampling_default": default})
         want = 600.0 / (8.0 if amp == "bf16" else 12.0)
         assert r["ddpm1000_fp32_over_default_b1"] == r["ddpm1000_fp32_over_default_b8"] == pytest.approx(want)
         assert r["ddpm1000_fp32_over_unipc-20_bf16_b8"] == pytest.approx(75.0)
-        assert f"UNIPC-20 {amp} (precision 'auto')" in bench.table({"sampling": rows, "sampling_default": default})
+        assert f"DPM++-20 {amp} (precision 'auto')" in bench.table({"sampling": rows, "sampling_default": default})
 
 
 FAKE_ORIGINAL_EMBEDDING = '''import torch
@@ -279,7 +279,7 @@ def test_bench_original_section_on_a_fake_checkout(tmp_path, monkeypatch, capsys
     import sys
     from lm2a import generate as G
     bench = load_script("bench")
-    monkeypatch.setattr(G, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))  # default: UNIPC-20 bf16
+    monkeypatch.setattr(G, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))  # default: DPM++-20 bf16
     monkeypatch.setattr(bench, "ORIGINAL_UNET", dict(bench.ORIGINAL_UNET, base_dim=8, cond_dim=8, time_emb_dim=8))
     monkeypatch.setattr(bench, "OUR_UNET", dict(base_dim=8, dim_mults=(1, 2), cond_dim=8, time_emb_dim=8,
                                                 num_heads=2, num_res_blocks=1, num_mid_blocks=1))
@@ -292,7 +292,7 @@ def test_bench_original_section_on_a_fake_checkout(tmp_path, monkeypatch, capsys
                        "--threads", "1", "--json", str(out_json), "--work_dir", str(tmp_path / "w")]) == 0
     res = json.loads(out_json.read_text())
     o = res["original"]
-    assert o["our_default"] == {"sampler": "UNIPC-20", "amp": "bf16"}
+    assert o["our_default"] == {"sampler": "DPM++-20", "amp": "bf16"}
     assert o["params_original"] == o["params_original_unet"] + o["params_original_cond_proj"] > 0
     assert o["params_original_cond_proj"] == (234 + 1) * 8 + (768 + 1) * 8 and o["params_ours"] > 0
     assert [r["batch"] for r in o["rows"]] == [1, 2]
@@ -310,7 +310,7 @@ def test_bench_original_section_on_a_fake_checkout(tmp_path, monkeypatch, capsys
         assert res["ratios"][f"original_ddpm1000_over_our_default_b{B}"] == pytest.approx(
             r["original_ddpm1000_s_per_clip"] / r["ours_default_s_per_clip"])
     printed = capsys.readouterr().out
-    assert "| original (their sample.py settings) | 2 |" in printed and "ours UNIPC-20 bf16 s/clip" in printed
+    assert "| original (their sample.py settings) | 2 |" in printed and "ours DPM++-20 bf16 s/clip" in printed
     assert "original_ddpm1000_over_our_default_b2:" in printed
 
     # our `models` package is still the one imported, theirs only under its own name
@@ -323,7 +323,7 @@ def test_bench_original_section_on_a_fake_checkout(tmp_path, monkeypatch, capsys
 
     # with the sample section's rows, our default's seconds per clip are taken from them
     monkeypatch.setattr(bench, "SAMPLE_BATCHES", (1,))
-    rows = [{"sampler": "UNIPC-20", "batch": 1, "amp": "bf16", "step_s": 0.5, "s_per_clip": 10.0}]
+    rows = [{"sampler": "DPM++-20", "batch": 1, "amp": "bf16", "step_s": 0.5, "s_per_clip": 10.0}]
     args = type("Args", (), {"quick": True, "original_repo": str(repo)})()
     o = bench.bench_original(args, torch.device("cpu"), rows)["original"]
     r = o["rows"][0]
