@@ -69,12 +69,17 @@ def row_key(row, result=None):
     return row["sampler"], int(row["steps"]), row.get("precision", (result or {}).get("precision", "fp32"))
 
 
+def parse_reference(reference):
+    """"sampler:steps" -> (sampler, steps)."""
+    name, steps = reference.split(":")
+    return name, int(steps)
+
+
 def find_reference(rows, reference):
     """The row named by `reference` ("sampler:steps", fp32 preferred), or None."""
     if not reference:
         return None
-    name, steps = reference.split(":")
-    hits = [r for r in rows if (r["sampler"], int(r["steps"])) == (name, int(steps))]
+    hits = [r for r in rows if (r["sampler"], int(r["steps"])) == parse_reference(reference)]
     return next((r for r in hits if r.get("precision", "fp32") == "fp32"), hits[0] if hits else None)
 
 
@@ -84,7 +89,8 @@ def merge(results):
     rows = {}
     for res in results:
         for row in res["rows"]:
-            rows[row_key(row, res)] = {**row, "precision": row_key(row, res)[2]}
+            key = row_key(row, res)
+            rows[key] = {**row, "precision": key[2]}
     first = results[0]
     return {**{k: v for k, v in first.items() if k != "rows"}, "rows": list(rows.values()),
             "sources": [r.get("command", "") for r in results]}
@@ -221,10 +227,8 @@ def main(argv=None):
     precisions = args.precision.split(",")
     settings = [(s, int(n), prec) for s in args.samplers.split(",") for n in args.steps.split(",")
                 for prec in precisions]
-    if reference:
-        name, steps = reference.split(":")
-        if (name, int(steps), precisions[0]) not in settings:
-            settings.append((name, int(steps), precisions[0]))
+    if reference and (*parse_reference(reference), precisions[0]) not in settings:
+        settings.append((*parse_reference(reference), precisions[0]))
     seeds = [int(s) for s in args.seeds.split(",")]
     header = {"ckpt": info["_path"], "step": info["step"], "npz_dir": args.npz_dir, "clips": len(items),
               "seeds": seeds, "guidance": args.guidance}
