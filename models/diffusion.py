@@ -1,9 +1,9 @@
-"""Gaussian diffusion over normalised log-mel: schedules, training loss and samplers.
+"""Gaussian diffusion over normalised log-mel: training loss and guided sampling.
 
-`GaussianDiffusion` owns the schedule, the normalisation statistics (buffers), the loss and the
-guided sampling loop; the samplers are diffusers schedulers built from the same schedule
-(models/schedulers.py: `set_timesteps(n)`, `step(model_output, t, x)`), so the sampler can be
-swapped without touching the model.
+`GaussianDiffusion` owns the schedule (betas from models/schedule.py, re-exported here), the
+normalisation statistics (buffers), the loss and the guided sampling loop; the samplers are diffusers
+schedulers built from the same schedule (models/schedulers.py: `set_timesteps(n)`, `step(model_output,
+t, x)`), so the sampler can be swapped without touching the model.
 Raw data goes in and comes out; everything in between lives in normalised space.
 """
 import math
@@ -14,54 +14,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lm2a import MOTION_DIM, NUM_MELS
-
 from .hparams import hparam
-from .motion_features import DERIVED, MOTION_FEATURES, motion_feature_dim
-from .schedulers import SAMPLERS
+from .layout import MOTION_DIM, NUM_MELS
+from .motion_features import DEFAULT_MOTION_FEATURES, DERIVED, MOTION_FEATURES, motion_feature_dim
+from .schedule import BETA_SCHEDULES, LINEAR_MIN_TIMESTEPS, cosine_beta_schedule, linear_beta_schedule
+from .schedulers import SAMPLERS, initial_noise, make_scheduler, run_scheduler
 
 __all__ = ["linear_beta_schedule", "cosine_beta_schedule", "GaussianDiffusion", "DiffusionConfig",
-           "SamplingConfig", "condition_dropout_masks", "BETA_SCHEDULES", "OBJECTIVES", "SAMPLERS"]
+           "SamplingConfig", "condition_dropout_masks", "BETA_SCHEDULES", "OBJECTIVES", "SAMPLERS",
+           "PRECISIONS", "LINEAR_MIN_TIMESTEPS"]
 
 OBJECTIVES = ("eps", "v")
 STD_FLOOR = 1e-5  # a constant feature (std 0) must not blow up the normalisation
 
 
-LINEAR_MIN_TIMESTEPS = 21  # 0.02 * 1000 / T < 1
-
-
-def linear_beta_schedule(timesteps):
-    """Linear betas 1e-4 .. 0.02 for T = 1000 (Ho et al. 2020); scaled by 1000 / T for other T
-    so the total noise stays comparable. float64 (T,). Below LINEAR_MIN_TIMESTEPS the last beta
-    would reach 1 (x_t pure noise, 1 - beta = 0 divides): refused with the fix named."""
-    if timesteps < LINEAR_MIN_TIMESTEPS:
-        raise ValueError(f"the linear beta schedule needs timesteps >= {LINEAR_MIN_TIMESTEPS} (with T = "
-                         f"{timesteps} its betas, scaled by 1000 / T, reach {0.02 * 1000 / timesteps:.2f}); "
-                         f"use more timesteps or --beta_schedule cosine")
-    scale = 1000.0 / timesteps
-    return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
-
-
-def cosine_beta_schedule(timesteps, s=0.008):
-    """Cosine schedule (Nichol & Dhariwal 2021), betas clipped to 0.999. float64 (T,)."""
-    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
-    alphas_cumprod = torch.cos((steps + s) / (1 + s) * math.pi * 0.5) ** 2
-    alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
-    betas = 1 - alphas_cumprod[1:] / alphas_cumprod[:-1]
-    return betas.clamp(0, 0.999)
-
-
-BETA_SCHEDULES = {"linear": linear_beta_schedule, "cosine": cosine_beta_schedule}
-
-
 @dataclass(frozen=True)
 class DiffusionConfig:
     """The diffusion's settings, declared once: GaussianDiffusion is built from it, the checkpoint
-    stores asdict(config), train.py generates its diffusion flags from these fields."""
+    stores asdict(config), train.py generates its diffusion flags from these fields. The defaults are
+    the recommended settings, the ones train.py trains with (RESULTS.md)."""
     timesteps: int = hparam(1000, "diffusion steps T")
     beta_schedule: str = hparam("linear", "noise schedule", choices=tuple(BETA_SCHEDULES))
-    objective: str = hparam("eps", 'the network predicts "eps" (noise) or "v"', choices=OBJECTIVES)
-    motion_features: str = hparam("raw", "what the network sees of the dance: raw features, rhythm "
+    objective: str = hparam("v", 'the network predicts "eps" (noise) or "v"', choices=OBJECTIVES)
+    motion_features: str = hparam(DEFAULT_MOTION_FEATURES, "what the network sees of the dance: raw features, rhythm "
                                          "channels without pose or position, or only their whole-body "
                                          "beat channels (models/motion_features.py)",
                                   choices=MOTION_FEATURES)
@@ -76,7 +51,9 @@ class DiffusionConfig:
         BETA_SCHEDULES[self.beta_schedule](self.timesteps)  # raises on a schedule T cannot have, naming the fix
 
 
-PRECISIONS = ("fp32", "bf16", "auto")  # "auto" is resolved per device by lm2a.generate.resolve_precision
+# "auto" is resolved to "fp32" or "bf16" by the caller before sampling: it depends on the device's CPU
+# flags (/proc/cpuinfo), file I/O that has no place in models/; GaussianDiffusion.sample refuses it
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -91,7 +68,7 @@ class SamplingConfig:
     guidance: float = hparam(2.0, "classifier-free guidance weight: 1 = conditional only, "
                                   "0 = unconditional")
     clip_x0: float = hparam(6.0, "clip the predicted x0 to +-this in normalised units (0 = off)")
-    precision: str = hparam("fp32", "the network's arithmetic: fp32, bf16 autocast (CPU and CUDA), or auto "
+    precision: str = hparam("auto", "the network's arithmetic: fp32, bf16 autocast (CPU and CUDA), or auto "
                                     "(bf16 where the device computes it natively, else fp32)",
                             choices=PRECISIONS)
     seed: int = hparam(0, "seeds the noise (one generator per clip, from seed and clip name)")
@@ -106,7 +83,6 @@ class SamplingConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}: choose one of {PRECISIONS}")
-
 
 
 def _extract(a, t, x):
@@ -291,9 +267,10 @@ class GaussianDiffusion(nn.Module):
     @torch.no_grad()
     def sample(self, motion, lyrics, lyric_pad_mask=None, length=None, settings: SamplingConfig = None,
                generator=None, progress=False, known=None, known_mask=None):
-        """Generate RAW log-mel (B, mel_dim, length) for RAW motion (B, Tm, motion_dim) and lyric tokens
-        (B, L, D) with `settings` (SamplingConfig: sampler, steps, eta, guidance, clip_x0; default
-        SamplingConfig()), through a diffusers scheduler (models/schedulers.py). `length` defaults
+        """Generate RAW log-mel (B, mel_dim, length) for RAW motion (B, Tm, 234) and lyric tokens
+        (B, L, D) with `settings` (SamplingConfig: sampler, steps, eta, guidance, clip_x0, precision),
+        through a diffusers scheduler (models/schedulers.py). settings.precision must be resolved
+        ("fp32" or "bf16"): the caller turns "auto" into one of them for its device. `length` defaults
         to Tm. Deterministic for a given torch.Generator, or a list of one generator per item
         (noise is drawn on the generator's device). clip_x0 clips the predicted x0 in normalised
         space (0: off). The model runs in eval mode (its mode is restored afterwards).
@@ -302,13 +279,12 @@ class GaussianDiffusion(nn.Module):
         (B, length), True on frames to hold. Before every model call those frames are replaced by
         `known` noised to the current timestep (q_sample, noise from the item's own generator), and
         the output equals `known` there."""
-        from models.schedulers import initial_noise, make_scheduler, run_scheduler
-        settings = settings or SamplingConfig()
-        if settings.precision == "auto":
-            raise ValueError('SamplingConfig(precision="auto") is resolved for a device first: '
-                             'lm2a.generate.resolve_precision(settings, device)')
+        if settings is None or settings.precision not in ("fp32", "bf16"):
+            got = "no settings" if settings is None else f"precision={settings.precision!r}"
+            raise ValueError(f"GaussianDiffusion.sample: got {got}; pass settings=SamplingConfig(...) with "
+                             f'precision "fp32" or "bf16" (the caller resolves "auto" for its device first)')
         device = self.device
-        motion = self.motion_input(motion.to(device))
+        motion = self.motion_input(motion.to(device))  # (B, Tm, network motion channels)
         lyrics = lyrics.to(device)
         if lyric_pad_mask is not None:
             lyric_pad_mask = lyric_pad_mask.to(device)
@@ -316,13 +292,13 @@ class GaussianDiffusion(nn.Module):
         scheduler = make_scheduler(settings.sampler, self.timesteps, self.config.beta_schedule, self.objective,
                                    clip_x0=settings.clip_x0, eta=settings.eta)
         dtype = self.mel_mean.dtype
-        x = initial_noise((motion.shape[0], self.mel_dim, length), generator, device, dtype)
+        x = initial_noise((motion.shape[0], self.mel_dim, length), generator, device, dtype)  # x_T
         hold_fn = None
         if known is not None:
             hold_fn = self._holder(self.normalize_mel(known.to(device, dtype)), known_mask.to(device),
                                    generator)
 
-        def denoise(x_t, t):
+        def denoise(x_t, t):  # (B, mel_dim, length) -> the guided model output, in x's dtype
             if settings.precision == "bf16":
                 with torch.autocast(device.type, dtype=torch.bfloat16):
                     return self.guided_output(x_t, t, motion, lyrics, lyric_pad_mask, settings.guidance).to(dtype)
@@ -338,7 +314,6 @@ class GaussianDiffusion(nn.Module):
 
     def _holder(self, known_x0, mask, generator):
         """hold_fn for run_scheduler: the held frames of x -> known_x0 noised to timestep t."""
-        from models.schedulers import initial_noise
         mask = mask[:, None, :]  # (B, 1, T)
 
         def hold(x, t):

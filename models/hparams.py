@@ -1,5 +1,5 @@
 """`hparam`: a dataclass field for a hyper-parameter, carrying the one-line help of the command-line
-flag that lm2a.config generates from it. The configuration dataclasses beside the modules
+flag that the project's config layer generates from it. The configuration dataclasses beside the modules
 (UNetConfig, DiffusionConfig, SamplingConfig) declare every setting once with it."""
 from dataclasses import field
 

@@ -1,9 +1,9 @@
 """What the network sees of the dance: the clip's raw motion features -> the motion condition.
 
 The clip npz keeps the raw (frames, 234) features [pose 78 | velocity 78 | acceleration 78] (pose =
-72 SMPL axis-angles of 24 joints + Th 3 + Rh 3). Two views of them, chosen by
-DiffusionConfig.motion_features and applied inside GaussianDiffusion, so training, sampling and
-evaluation can never disagree:
+72 SMPL axis-angles of 24 joints + Th 3 + Rh 3; models/layout.py). Three views of them, chosen by
+DiffusionConfig.motion_features (default DEFAULT_MOTION_FEATURES, "beat") and applied inside
+GaussianDiffusion, so training, sampling and evaluation can never disagree:
 
   "raw"     all 234 values, standardised with the training set's per-dimension mean and std.
             Absolute pose, root position (Th) and facing (Rh) are in it: they tell the training
@@ -20,26 +20,31 @@ evaluation can never disagree:
             their accelerations, total joint speed and its derivative. No per-joint channel, so the
             choreography's style (which limbs move) is gone too; what is left is when the body moves.
 
-SMPL left/right joint pairs (MIRROR_PERM) and the mirror of raw features (mirror_raw_motion) are
-here too: training augmentation that swaps the dancer's left and right keeps the music-motion link.
+The mirror of raw features (mirror_raw_motion, joints swapped by MIRROR_PERM) is here too: training
+augmentation that swaps the dancer's left and right keeps the music-motion link.
 """
 import torch
 
-from lm2a import MOTION_DIM, POSE_DIM
+from .layout import ACCELERATION, JOINT_DIMS, MOTION_DIM, N_JOINTS, POSE_DIM, RH, SMPL_LR_PAIRS, TH, VELOCITY
 
-N_JOINTS = 24
 MOTION_FEATURES = ("raw", "rhythm", "beat")
+# what the network sees unless told otherwise (RESULTS.md): DiffusionConfig.motion_features' default,
+# and through motion_feature_dim the default UNetConfig.motion_dim, so the two defaults always fit
+DEFAULT_MOTION_FEATURES = "beat"
 RHYTHM_DIM = 2 * N_JOINTS + 4 + 2  # 54
 BEAT_DIM = 4 + 2  # the whole-body channels of "rhythm": root/turn speed and acceleration, total speed, its derivative
 CLIP_STD_FLOOR = 0.05  # log1p units: a channel that barely moves in a clip stays near 0
 
-# SMPL joint order: 0 pelvis, 1/2 L/R hip, 3 spine1, 4/5 L/R knee, 6 spine2, 7/8 L/R ankle, 9 spine3,
-# 10/11 L/R foot, 12 neck, 13/14 L/R collar, 15 head, 16/17 L/R shoulder, 18/19 L/R elbow,
-# 20/21 L/R wrist, 22/23 L/R hand
-_PAIRS = ((1, 2), (4, 5), (7, 8), (10, 11), (13, 14), (16, 17), (18, 19), (20, 21), (22, 23))
-MIRROR_PERM = list(range(N_JOINTS))
-for _l, _r in _PAIRS:
-    MIRROR_PERM[_l], MIRROR_PERM[_r] = _r, _l
+
+def _mirror_perm():
+    """Joint index -> the joint that takes its place when the dancer is mirrored (SMPL_LR_PAIRS swapped)."""
+    perm = list(range(N_JOINTS))
+    for left, right in SMPL_LR_PAIRS:
+        perm[left], perm[right] = right, left
+    return perm
+
+
+MIRROR_PERM = _mirror_perm()
 
 
 def motion_feature_dim(kind: str) -> int:
@@ -81,10 +86,11 @@ def rhythm_features(motion):
     if motion.shape[-1] != MOTION_DIM:
         raise ValueError(f"rhythm_features: motion must have {MOTION_DIM} channels, got {motion.shape[-1]}")
     motion = motion.float()
-    vel, acc = motion[..., POSE_DIM:2 * POSE_DIM], motion[..., 2 * POSE_DIM:]
-    nj = 3 * N_JOINTS
+    vel, acc = motion[..., VELOCITY], motion[..., ACCELERATION]       # (B, T, 78) each
+    nj = JOINT_DIMS
     joint_speed = _norms(vel[..., :nj], N_JOINTS)                   # (B, T, 24) rad/s
     joint_acc = _norms(acc[..., :nj], N_JOINTS)
+    # [Th speed, Rh speed, Th acc, Rh acc]: the 6 values after the joints are Th then Rh
     root = torch.cat([_norms(vel[..., nj:], 2), _norms(acc[..., nj:], 2)], dim=-1)  # (B, T, 4)
     total = joint_speed.sum(-1, keepdim=True)
     feats = torch.log1p(torch.cat([joint_speed, joint_acc, root, total], dim=-1))
@@ -107,9 +113,9 @@ def mirror_raw_motion(motion):
     negates y and z. Linear, so it applies to the pose, velocity and acceleration blocks alike."""
     shape = motion.shape
     blocks = motion.reshape(*shape[:-1], 3, POSE_DIM)
-    joints = blocks[..., :3 * N_JOINTS].reshape(*shape[:-1], 3, N_JOINTS, 3)[..., MIRROR_PERM, :]
+    joints = blocks[..., :JOINT_DIMS].reshape(*shape[:-1], 3, N_JOINTS, 3)[..., MIRROR_PERM, :]
     joints = joints * joints.new_tensor([1.0, -1.0, -1.0])
-    th = blocks[..., 72:75] * blocks.new_tensor([-1.0, 1.0, 1.0])
-    rh = blocks[..., 75:78] * blocks.new_tensor([1.0, -1.0, -1.0])
-    out = torch.cat([joints.reshape(*shape[:-1], 3, 3 * N_JOINTS), th, rh], dim=-1)
+    th = blocks[..., TH] * blocks.new_tensor([-1.0, 1.0, 1.0])
+    rh = blocks[..., RH] * blocks.new_tensor([1.0, -1.0, -1.0])
+    out = torch.cat([joints.reshape(*shape[:-1], 3, JOINT_DIMS), th, rh], dim=-1)
     return out.reshape(shape)

@@ -28,9 +28,15 @@ models/diffusion.py had, tests/test_schedulers.py):
   (only dynamic `thresholding`, which also rescales by the percentile), so they clamp the data
   prediction that `convert_model_output` returns: both are data-prediction solvers, so this is the same
   clamp at the same point of the update, and it also holds for the multistep history.
+
+Every diffusers attribute below the public scheduler API (`set_timesteps`, `step`, `scale_model_input`,
+`init_noise_sigma`, `timesteps`, `convert_model_output`) that this module reads or writes is touched in
+one section, "adapter: diffusers internals", and listed in DIFFUSERS_INTERNALS; make_scheduler checks
+they exist, tests/test_diffusers_adapter.py checks they still mean what we assume, and requirements.txt
+pins diffusers to the versions those tests ran on.
 """
+import contextlib
 import inspect
-import json
 
 import numpy as np
 import torch
@@ -40,8 +46,10 @@ from diffusers import __version__ as DIFFUSERS_VERSION
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-__all__ = ["SAMPLERS", "make_scheduler", "run_scheduler", "initial_noise", "sampler_settings",
-           "linspace_timesteps", "DIFFUSERS_VERSION"]
+from .schedule import BETA_SCHEDULES
+
+__all__ = ["SAMPLERS", "make_scheduler", "run_scheduler", "initial_noise", "linspace_timesteps",
+           "DIFFUSERS_VERSION", "DIFFUSERS_INTERNALS", "check_diffusers_internals"]
 
 SAMPLERS = ("ddpm", "ddim", "dpm++", "unipc")
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction"}
@@ -55,6 +63,36 @@ def linspace_timesteps(num_train_timesteps, steps):
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
     return torch.from_numpy(np.round(np.linspace(num_train_timesteps - 1, 0, steps)).astype(np.int64))
+
+
+# ---- adapter: diffusers internals -------------------------------------------------------------------
+# The only code that reads or writes scheduler attributes outside diffusers' public API. What each
+# attribute must mean (diffusers 0.30 .. 0.42, set in the constructors from trained_betas):
+#   betas (T,), alphas = 1 - betas, alphas_cumprod = cumprod(alphas)                      all four
+#   alpha_t = sqrt(ab), sigma_t = sqrt(1 - ab), lambda_t = log alpha_t - log sigma_t,
+#   sigmas = sqrt((1 - ab) / ab) (until set_timesteps replaces them)                   DPM++, UniPC
+#   final_alpha_cumprod: the alphas_cumprod that DDIMScheduler.step goes to when
+#   t - T // num_inference_steps < 0                                                           DDIM
+DIFFUSERS_INTERNALS = {
+    DDPMScheduler: ("betas", "alphas", "alphas_cumprod"),
+    DDIMScheduler: ("betas", "alphas", "alphas_cumprod", "final_alpha_cumprod", "num_inference_steps"),
+    DPMSolverMultistepScheduler: ("betas", "alphas", "alphas_cumprod", "alpha_t", "sigma_t", "lambda_t",
+                                  "sigmas"),
+    UniPCMultistepScheduler: ("betas", "alphas", "alphas_cumprod", "alpha_t", "sigma_t", "lambda_t", "sigmas"),
+}
+
+
+def check_diffusers_internals(scheduler):
+    """RuntimeError naming the attribute and the diffusers version when `scheduler` lacks one of the
+    internals this module relies on (a diffusers outside requirements.txt's range)."""
+    for cls, names in DIFFUSERS_INTERNALS.items():
+        if isinstance(scheduler, cls):
+            missing = [name for name in names if not hasattr(scheduler, name)]
+            if missing:
+                raise RuntimeError(f"diffusers {DIFFUSERS_VERSION}: {cls.__name__} has no {missing}, which "
+                                   f"models/schedulers.py's adapter relies on; install the diffusers range "
+                                   f"that requirements.txt pins")
+            return
 
 
 def _use_float64_schedule(scheduler, betas):
@@ -74,13 +112,28 @@ def _use_float64_schedule(scheduler, betas):
     scheduler.betas = betas
     scheduler.alphas = 1.0 - betas
     scheduler.alphas_cumprod = torch.cumprod(scheduler.alphas, dim=0)
-    if hasattr(scheduler, "lambda_t"):  # DPM-Solver / UniPC: VP quantities derived in __init__
+    if isinstance(scheduler, (DPMSolverMultistepScheduler, UniPCMultistepScheduler)):
+        # the VP quantities their __init__ derived from the float32 alphas_cumprod
         scheduler.alpha_t = scheduler.alphas_cumprod.sqrt()
         scheduler.sigma_t = (1 - scheduler.alphas_cumprod).sqrt()
         scheduler.lambda_t = scheduler.alpha_t.log() - scheduler.sigma_t.log()
         scheduler.sigmas = ((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod).sqrt()
 
 
+@contextlib.contextmanager
+def _ddim_step_goes_to(scheduler, prev_alpha_cumprod):
+    """Inside the block DDIMScheduler.step goes to `prev_alpha_cumprod`: upstream step() takes
+    alphas_cumprod[t - T // n], or final_alpha_cumprod when that index is negative, so n = 1 forces
+    the negative index and final_alpha_cumprod carries the value. Both are restored afterwards."""
+    saved = scheduler.num_inference_steps, scheduler.final_alpha_cumprod
+    scheduler.num_inference_steps, scheduler.final_alpha_cumprod = 1, prev_alpha_cumprod
+    try:
+        yield
+    finally:
+        scheduler.num_inference_steps, scheduler.final_alpha_cumprod = saved
+
+
+# ---- our schedulers ---------------------------------------------------------------------------------
 class LinspaceDDPMScheduler(DDPMScheduler):
     """diffusers' DDPMScheduler (posterior variance "fixed_small" = our beta~) on our timesteps.
     Its `previous_timestep` already looks up the next entry of `self.timesteps`."""
@@ -99,11 +152,10 @@ class NextStepDDIMScheduler(DDIMScheduler):
     """diffusers' DDIMScheduler that steps to the next timestep of its own list (see the module
     docstring), on our timesteps, with eta and eps-from-clipped-x0 fixed at construction.
 
-    upstream step() takes alphas_cumprod[t - T // n], or `final_alpha_cumprod` when that index is
-    negative. We hand it the right previous alphas_cumprod through `final_alpha_cumprod` and force the
-    index negative (n = 1 during the call): the rest of step() (x0, clipping, eta variance, noise) is
-    diffusers' own code. Should upstream switch to looking the next timestep up in `self.timesteps`,
-    it gets the same value there (and 1.0 after the last step), so this stays right.
+    step() hands upstream's step the right previous alphas_cumprod (`_ddim_step_goes_to`, in the
+    adapter section); the rest of step() (x0, clipping, eta variance, noise) is diffusers' own code.
+    Should upstream switch to looking the next timestep up in `self.timesteps`, it gets the same value
+    there (and 1.0 after the last step), so this stays right.
     """
     eta = 0.0
 
@@ -125,14 +177,10 @@ class NextStepDDIMScheduler(DDIMScheduler):
             raise ValueError(f"timestep {key} is not one of this scheduler's timesteps (call set_timesteps)")
         if use_clipped_model_output is None:
             use_clipped_model_output = bool(self.config.clip_sample)
-        saved = self.num_inference_steps, self.final_alpha_cumprod
-        self.num_inference_steps, self.final_alpha_cumprod = 1, self._prev_alpha_cumprod[key]
-        try:
+        with _ddim_step_goes_to(self, self._prev_alpha_cumprod[key]):
             return super().step(model_output, timestep, sample, eta=self.eta if eta is None else eta,
                                 use_clipped_model_output=use_clipped_model_output, generator=generator,
                                 variance_noise=variance_noise, return_dict=return_dict)
-        finally:
-            self.num_inference_steps, self.final_alpha_cumprod = saved
 
 
 class _ClampDataPrediction:
@@ -179,8 +227,6 @@ def make_scheduler(name, timesteps, beta_schedule, objective, clip_x0=None, eta=
       lower_order_final.
     The schedule is our float64 one (`trained_betas`, then `_use_float64_schedule`).
     """
-    from models.diffusion import BETA_SCHEDULES  # here: models/diffusion.py imports this module
-
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}: choose one of {SAMPLERS}")
     if beta_schedule not in BETA_SCHEDULES:
@@ -214,17 +260,17 @@ def make_scheduler(name, timesteps, beta_schedule, objective, clip_x0=None, eta=
             use_karras_sigmas=False, final_sigmas_type="zero", **common)
     if name in ("dpm++", "unipc"):
         scheduler.clip_x0 = clip_x0
+    check_diffusers_internals(scheduler)
     _use_float64_schedule(scheduler, betas)
-    scheduler.lm2a_settings = dict(sampler=name, num_train_timesteps=int(timesteps),
-                                   beta_schedule=beta_schedule, objective=objective, clip_x0=clip_x0,
-                                   eta=float(eta))
+    scheduler.sampler_name = name  # run_scheduler's progress label
     return scheduler
 
 
 def initial_noise(shape, generators, device, dtype=torch.float32):
     """x_T ~ N(0, I) of `shape` (B, ...): one generator per batch item (a list) gives each item its
-    own stream, independent of its batch; a CPU generator gives the same numbers on any device.
-    Same numbers as models.diffusion's _randn."""
+    own stream, independent of its batch; a CPU generator gives the same numbers on any device
+    (diffusers' randn_tensor draws on the generator's device and moves the result).
+    GaussianDiffusion.sample draws x_T and the inpainting noise with it."""
     generator = _generator_arg(generators, shape[0])
     return randn_tensor(tuple(shape), generator=generator, device=torch.device(device), dtype=dtype)
 
@@ -255,7 +301,7 @@ def run_scheduler(scheduler, denoise_fn, x, generators=None, steps=50, progress=
     generator = _generator_arg(generators, x.shape[0])
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     step_kwargs = {"generator": generator} if takes_generator else {}
-    name = getattr(scheduler, "lm2a_settings", {}).get("sampler", type(scheduler).__name__)
+    name = getattr(scheduler, "sampler_name", type(scheduler).__name__)
     x = x * scheduler.init_noise_sigma
     for t in tqdm(scheduler.timesteps, desc=f"{name} sampling", disable=not progress, leave=False):
         if hold_fn is not None:
@@ -265,14 +311,3 @@ def run_scheduler(scheduler, denoise_fn, x, generators=None, steps=50, progress=
         x = scheduler.step(model_output.to(x.dtype), t, x, **step_kwargs).prev_sample
     return hold_fn(x, -1) if hold_fn is not None else x
 
-
-def sampler_settings(scheduler):
-    """What the scheduler contributes to a sample, json-able, for the generated npz: our settings
-    (sampler, steps, eta, clip_x0, num_train_timesteps, beta_schedule, objective), the timesteps run,
-    and the diffusers class, version and config (minus the betas, which the schedule name and T
-    determine). Guidance and seeds are the caller's to record."""
-    config = {k: v for k, v in dict(scheduler.config).items() if k != "trained_betas"}
-    timesteps = [int(t) for t in scheduler.timesteps] if scheduler.num_inference_steps else []
-    return dict(getattr(scheduler, "lm2a_settings", {}), steps=len(timesteps), timesteps=timesteps,
-                scheduler_class=type(scheduler).__name__, diffusers_version=DIFFUSERS_VERSION,
-                scheduler_config=json.dumps(config, sort_keys=True, default=str))

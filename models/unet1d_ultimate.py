@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lm2a import MOTION_DIM, NUM_MELS
-
-from .cross_attention import ATTN_IMPLS, CrossAttentionBlock
+from .cross_attention import CrossAttentionBlock
 from .embedding import LyricEmbedding, MotionEmbedding, TimestepEmbedding, sinusoidal_embedding
 from .hparams import hparam
+from .layout import NUM_MELS
+from .motion_features import DEFAULT_MOTION_FEATURES, motion_feature_dim
 
 __all__ = ["UNet1D_ultimate", "UNetConfig", "ResBlock", "norm_groups"]
 
@@ -28,9 +28,13 @@ __all__ = ["UNet1D_ultimate", "UNetConfig", "ResBlock", "norm_groups"]
 @dataclass(frozen=True)
 class UNetConfig:
     """Hyper-parameters of UNet1D_ultimate, declared once: the network is built from it, the
-    checkpoint stores asdict(config), train.py generates its model flags from these fields."""
+    checkpoint stores asdict(config), train.py generates its model flags from these fields. The
+    defaults are the recommended size (train.py's); motion_dim fits DiffusionConfig's default
+    motion_features (train.py sets it from the chosen motion_features)."""
     mel_dim: int = hparam(NUM_MELS, "mel bands (input and output channels)", flag=False)
-    motion_dim: int = hparam(MOTION_DIM, "motion features per frame", flag=False)
+    motion_dim: int = hparam(motion_feature_dim(DEFAULT_MOTION_FEATURES),
+                             "motion condition channels per frame (motion_feature_dim of the "
+                             "diffusion's motion_features)", flag=False)
     lyric_dim: int = hparam(384, "lyric token width (the text encoder's; taken from the clips)", flag=False)
     base_dim: int = hparam(256, "channels at the first UNet level")
     dim_mults: tuple = hparam((1, 2, 4), "channel multiplier per UNet level")
@@ -40,14 +44,9 @@ class UNetConfig:
     num_mid_blocks: int = hparam(3, "blocks in the middle of the UNet")
     num_heads: int = hparam(8, "attention heads")
     dropout: float = hparam(0.1, "dropout inside the UNet")
-    attn_impl: str = hparam("sdpa", "cross-attention kernel", choices=ATTN_IMPLS)
 
     def __post_init__(self):  # normalise types (a checkpoint stores dim_mults as a list)
         object.__setattr__(self, "dim_mults", tuple(int(m) for m in self.dim_mults))
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"UNet1D_ultimate: unknown attn_impl {self.attn_impl!r}, choose one of "
-                             f"{ATTN_IMPLS}")
-
 
 
 def norm_groups(channels, max_groups=32):
@@ -103,8 +102,7 @@ class UNet1D_ultimate(nn.Module):
         mel_dim, motion_dim, lyric_dim = config.mel_dim, config.motion_dim, config.lyric_dim
         base_dim, dim_mults, cond_dim = config.base_dim, config.dim_mults, config.cond_dim
         time_emb_dim, num_heads, dropout = config.time_emb_dim, config.num_heads, config.dropout
-        num_res_blocks, num_mid_blocks, attn_impl = (config.num_res_blocks, config.num_mid_blocks,
-                                                     config.attn_impl)
+        num_res_blocks, num_mid_blocks = config.num_res_blocks, config.num_mid_blocks
         self.mel_dim, self.motion_dim, self.lyric_dim = mel_dim, motion_dim, lyric_dim
         self.cond_dim = cond_dim
         self.num_levels = len(dim_mults)
@@ -115,7 +113,7 @@ class UNet1D_ultimate(nn.Module):
         self.lyric_embed = LyricEmbedding(lyric_dim, cond_dim)
 
         def attention(ch):
-            return CrossAttentionBlock(ch, cond_dim, num_heads, attn_impl=attn_impl, pos_dim=cond_dim)
+            return CrossAttentionBlock(ch, cond_dim, num_heads, pos_dim=cond_dim)
 
         self.init_conv = nn.Conv1d(mel_dim, base_dim, 7, padding=3)
         self.motion_in = nn.Conv1d(cond_dim, base_dim, 1)  # motion is at the mel frame rate
@@ -159,8 +157,9 @@ class UNet1D_ultimate(nn.Module):
         nn.init.zeros_(self.out_conv.bias)
 
     def forward(self, x, t, motion, lyrics, lyric_pad_mask=None, drop_motion=None, drop_lyrics=None):
-        """x (B, mel_dim, T) normalised noisy mel, t (B,) long, motion (B, Tm, motion_dim) normalised,
-        lyrics (B, L, lyric_dim), lyric_pad_mask (B, L) bool True = padding,
+        """x (B, mel_dim, T) normalised noisy mel, t (B,) long, motion (B, Tm, motion_dim) the motion
+        condition (GaussianDiffusion.motion_input: per-clip standardised beat or rhythm channels, or
+        the standardised raw features), lyrics (B, L, lyric_dim), lyric_pad_mask (B, L) bool True = padding,
         drop_* (B,) bool True = use the learned null condition. Returns (B, mel_dim, T)."""
         batch_size, _, length = x.shape
         device = x.device

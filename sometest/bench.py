@@ -25,6 +25,9 @@ is copied here):
     python sometest/bench.py --quick --sections original --original_repo /path/to/checkout
 """
 import argparse
+import contextlib
+import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -33,15 +36,30 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
-from lm2a import MOTION_DIM, NUM_MELS  # noqa: E402
+import preprocess  # noqa: E402
+import sample as sample_script  # noqa: E402
+from dataset import MelDataset  # noqa: E402
+from lm2a.data import collate_fn  # noqa: E402
+from lm2a.device import pick_device, resolve_precision  # noqa: E402
+from lm2a.training import TrainConfig, build_parts, train_step  # noqa: E402
+from models import cross_attention  # noqa: E402
+from models.cross_attention import SDPAAttention  # noqa: E402
+from models.diffusion import DiffusionConfig, GaussianDiffusion, SamplingConfig  # noqa: E402
+from models.layout import MOTION_DIM, NUM_MELS  # noqa: E402
+from models.unet1d_ultimate import UNet1D_ultimate, UNetConfig  # noqa: E402
+from sometest.make_demo_data import make_demo_dataset  # noqa: E402
 
 # ---- defaults (edit here or pass --flag) --------------------------------------------------------
 REPEATS = 5            # timed repetitions per figure (median reported); --quick uses 2
@@ -66,6 +84,80 @@ ORIGINAL_UNET = dict(in_dim=NUM_MELS, base_dim=256, dim_mults=(1, 2, 4), cond_di
 ORIGINAL_COND = dict(motion_dim=78 * 3, text_dim=768)  # lyrics: 768-d, resampled to every mel frame
 ORIGINAL_TIMESTEPS, ORIGINAL_BETAS = 1000, (1e-4, 0.02)  # their GaussianDiffusion: linear betas
 OUR_UNET = {}  # UNetConfig overrides for our side of the comparison ({} = our default size)
+
+
+# ---- the attention baseline: torch.nn.MultiheadAttention in place of our SDPA attention ----------------
+class MHAAttention(nn.Module):
+    """The same block as models.cross_attention.SDPAAttention (same parameters, same math), built on
+    torch.nn.MultiheadAttention: the baseline the training rows time SDPA against."""
+
+    def __init__(self, dim, context_dim, num_heads):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(dim, num_heads, bias=True, kdim=context_dim,
+                                         vdim=context_dim, batch_first=True)
+
+    @property
+    def num_heads(self):  # models.cross_attention.attention_weights reads it
+        return self.mha.num_heads
+
+    def forward(self, x, context, key_padding_mask=None):  # (B, T, dim), (B, S, context_dim) -> (B, T, dim)
+        out, _ = self.mha(x, context, context, key_padding_mask=key_padding_mask, need_weights=False)
+        return out
+
+    def _qkv_weights(self):
+        mha = self.mha
+        if mha._qkv_same_embed_dim:  # packed (3 dim, dim) weight when context_dim == dim
+            return mha.in_proj_weight.chunk(3, dim=0)
+        return mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
+
+    def get_qkvo(self):
+        """The projections by role, as SDPAAttention.get_qkvo names them."""
+        wq, wk, wv = self._qkv_weights()
+        bq, bk, bv = self.mha.in_proj_bias.chunk(3, dim=0)
+        return dict(q_weight=wq, q_bias=bq, k_weight=wk, k_bias=bk, v_weight=wv, v_bias=bv,
+                    out_weight=self.mha.out_proj.weight, out_bias=self.mha.out_proj.bias)
+
+
+ATTENTION_TYPES = (SDPAAttention, MHAAttention)
+
+
+@contextlib.contextmanager
+def mha_attention():
+    """Models built inside the block (UNet1D_ultimate, CrossAttentionBlock) get MHAAttention where they
+    would get SDPAAttention: CrossAttentionBlock looks SDPAAttention up in models.cross_attention when
+    it is built, so swapping that name is the whole switch. check_attention confirms it took."""
+    with mock.patch.object(cross_attention, "SDPAAttention", MHAAttention):
+        yield
+
+
+def check_attention(model, impl):
+    """RuntimeError unless every attention module of `model` is of `impl` ("sdpa" | "mha"): a bench
+    row must time what it is labelled with."""
+    want = {"sdpa": SDPAAttention, "mha": MHAAttention}[impl]
+    found = {type(m) for m in model.modules() if isinstance(m, ATTENTION_TYPES)}
+    if found != {want}:
+        raise RuntimeError(f"bench: a model built for attention {impl!r} has {sorted(t.__name__ for t in found)}; "
+                           f"mha_attention() no longer swaps models/cross_attention.py's attention")
+
+
+@torch.no_grad()
+def copy_weights_across_impl(dst, src):
+    """Copy every weight of model `src` into model `dst` when they differ only in their attention
+    modules (SDPAAttention vs MHAAttention): the rest by state_dict, the attention by role."""
+    src_attention = {name: m for name, m in src.named_modules() if isinstance(m, ATTENTION_TYPES)}
+    dst_attention = {name: m for name, m in dst.named_modules() if isinstance(m, ATTENTION_TYPES)}
+    if src_attention.keys() != dst_attention.keys():
+        raise ValueError("copy_weights_across_impl: the two models have different attention layouts")
+    prefixes = tuple(name + "." for name in src_attention)
+    other = {k: v for k, v in src.state_dict().items() if not k.startswith(prefixes)}
+    missing, unexpected = dst.load_state_dict(other, strict=False)
+    missing = [k for k in missing if not k.startswith(prefixes)]
+    if missing or unexpected:
+        raise ValueError(f"copy_weights_across_impl: missing {missing}, unexpected {unexpected}")
+    for name, module in dst_attention.items():
+        weights = src_attention[name].get_qkvo()
+        for key, param in module.get_qkvo().items():  # MHA's chunks are views: copies land in place
+            param.copy_(weights[key])
 
 
 def median_time(fn, repeats, warmup=1, sync=None):
@@ -93,9 +185,6 @@ def peak_rss_mb():
 # ---- sections ------------------------------------------------------------------------------------
 def bench_preprocess(args, work):
     """clips/s of preprocess.py on the demo data at 1 and 2 workers, with the time shares."""
-    import preprocess
-    from sometest.make_demo_data import make_demo_dataset
-
     root = work / "JustLMD"
     if not root.exists():
         make_demo_dataset(root, DEMO_SONGS, DEMO_SECONDS, seed=0)
@@ -139,9 +228,6 @@ class PerItemInterpDataset(torch.utils.data.Dataset):
 
 
 def bench_loading(args, clips_dir):
-    from torch.utils.data import DataLoader
-    from dataset import MelDataset, collate_fn
-
     reps = 2 if args.quick else REPEATS
     files = sorted(Path(clips_dir).glob("*.npz"))
     t = time.perf_counter()
@@ -183,10 +269,6 @@ def unit_stats():
 def bench_training(args, device):
     """Median time of train.py's own step (lm2a.training.train_step: loss, backward, clipping, Adan,
     EMA update, LR schedule) at the default model size."""
-    from lm2a.training import TrainConfig, build_parts, train_step
-    from models.diffusion import DiffusionConfig
-    from models.unet1d_ultimate import UNetConfig
-
     reps = 2 if args.quick else 3
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     amps = ("off", "bf16") if device.type == "cuda" else ("off",)
@@ -196,9 +278,11 @@ def bench_training(args, device):
         for amp in amps:
             for impl in ("sdpa", "mha"):
                 compiled = args.compile and impl == "sdpa"
-                parts = build_parts(UNetConfig(lyric_dim=LYRIC_DIM, attn_impl=impl), DiffusionConfig(),
-                                    TrainConfig(batch_size=B, amp=amp, lr=1e-4), unit_stats(), device,
-                                    total_steps=1000, net_wrapper=torch.compile if compiled else None)
+                with mha_attention() if impl == "mha" else contextlib.nullcontext():
+                    parts = build_parts(UNetConfig(lyric_dim=LYRIC_DIM), DiffusionConfig(),
+                                        TrainConfig(batch_size=B, amp=amp, lr=1e-4), unit_stats(), device,
+                                        total_steps=1000, net_wrapper=torch.compile if compiled else None)
+                check_attention(parts.model, impl)
                 counter = iter(range(10 ** 6))
 
                 def step():
@@ -240,8 +324,6 @@ def bench_sampling(args, device):
 def our_sampling_model(device, **overrides):
     """GaussianDiffusion around our UNet1D_ultimate at the default size (or `overrides` of UNetConfig),
     untrained, seeded, in eval mode: the model the sampling rows time."""
-    from models.diffusion import GaussianDiffusion
-    from models.unet1d_ultimate import UNet1D_ultimate
     torch.manual_seed(0)
     return GaussianDiffusion(UNet1D_ultimate(lyric_dim=LYRIC_DIM, **overrides)).to(device).eval()
 
@@ -249,7 +331,6 @@ def our_sampling_model(device, **overrides):
 def our_sampling_run(diff, batch, sampler, precision):
     """fn() running SAMPLE_STEPS_TIMED steps of `sampler` through GaussianDiffusion.sample with guidance
     SAMPLE_GUIDANCE on `batch` (synthetic_batch layout): one timed sampling repetition."""
-    from models.diffusion import SamplingConfig
     settings = SamplingConfig(sampler=sampler, steps=SAMPLE_STEPS_TIMED, guidance=SAMPLE_GUIDANCE,
                               precision=precision)
     B = batch["motion"].shape[0]
@@ -263,9 +344,6 @@ def our_sampling_run(diff, batch, sampler, precision):
 def default_sampling(device):
     """What sample.py / val.py run by default on `device`: {"sampler": "DPM++-20", "amp": resolved
     precision}, the row the "default" ratio picks."""
-    import sample as sample_script
-    from lm2a.generate import resolve_precision
-    from models.diffusion import SamplingConfig
     d = resolve_precision(SamplingConfig(sampler=sample_script.SAMPLER, steps=sample_script.STEPS,
                                          precision=sample_script.PRECISION), device)
     return {"sampler": f"{d.sampler.upper()}-{d.steps}", "amp": d.precision,
@@ -288,9 +366,6 @@ def load_original_models(repo_dir):
     checkout's models/ as package ORIGINAL_PACKAGE. Their relative imports resolve inside it; for the
     import, their root leads sys.path and `models` (also our package's name) is their package, then
     sys.path and our `models` modules are put back, so `import models` stays ours."""
-    import importlib
-    import importlib.util
-    import types
     root = check_original_repo(repo_dir)
     pkg_dir = root / "models"
     for name in [k for k in sys.modules if k == ORIGINAL_PACKAGE or k.startswith(ORIGINAL_PACKAGE + ".")]:
@@ -380,9 +455,9 @@ def bench_original(args, device, sampling_rows=None):
     reps = 2 if args.quick else REPEATS
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     unet_cls, cond_cls = load_original_models(args.original_repo)
-    import models
-    if Path(models.__file__).resolve().parent != REPO / "models":
-        raise RuntimeError(f"bench: `models` resolves to {models.__file__} after importing the original code")
+    models_file = sys.modules["models"].__file__
+    if Path(models_file).resolve().parent != REPO / "models":
+        raise RuntimeError(f"bench: `models` resolves to {models_file} after importing the original code")
     torch.manual_seed(0)
     theirs = unet_cls(**ORIGINAL_UNET).to(device).eval()
     cond_proj = cond_cls(out_dim=ORIGINAL_UNET["cond_dim"], **ORIGINAL_COND).to(device).eval()
@@ -534,7 +609,6 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="also time torch.compile for training (sdpa)")
     p.add_argument("--work_dir", default=None, help="where demo data and clips go (default: a temp dir)")
     args = p.parse_args(argv)
-    from lm2a import pick_device
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -47,8 +47,9 @@ def toy_diffusion(objective="eps", schedule="linear", mu_cond=1.5, mu_uncond=-0.
                   mel_mean=2.0, mel_std=3.0):
     betas = (linear_beta_schedule if schedule == "linear" else cosine_beta_schedule)(1000)
     model = GaussianToyModel(torch.cumprod(1 - betas, 0), mu_cond, mu_uncond, s, objective)
+    # the toy's 3 motion channels are standardised "raw" features (the default view, beat, needs 234)
     return GaussianDiffusion(model, timesteps=1000, beta_schedule=schedule, objective=objective,
-                             mel_mean=[mel_mean], mel_std=[mel_std],
+                             motion_features="raw", mel_mean=[mel_mean], mel_std=[mel_std],
                              motion_mean=np.zeros(3), motion_std=np.ones(3))
 
 
@@ -70,8 +71,8 @@ def test_schedules():
     f = lambda t: np.cos((t / 1000 + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
     np.testing.assert_allclose(ab[:-1].numpy(), f(np.arange(1, 1000)) / f(0), rtol=1e-9)
     for name in ("linear", "cosine"):
-        d = GaussianDiffusion(GaussianToyModel(ab, 0, 0, 1), beta_schedule=name)
-        assert asdict(d.config) == dict(timesteps=1000, beta_schedule=name, objective="eps",
+        d = GaussianDiffusion(GaussianToyModel(ab, 0, 0, 1), beta_schedule=name, motion_features="raw")
+        assert asdict(d.config) == dict(timesteps=1000, beta_schedule=name, objective="v",
                                       motion_features="raw")
         assert d.alphas_cumprod.dtype == torch.float64
 
@@ -133,9 +134,8 @@ def test_normalisation_round_trip_and_stats_in_state_dict():
 def test_sampling_recovers_toy_distribution(sampler, steps, eta, objective):
     d = toy_diffusion(objective=objective, mu_cond=1.5, s=0.5, mel_mean=2.0, mel_std=3.0)
     motion, lyrics, pad = toy_conditions()
-    mel = d.sample(motion, lyrics, pad, settings=SamplingConfig(sampler=sampler, steps=steps, eta=eta,
-                                                                guidance=1.0),
-                   generator=torch.Generator().manual_seed(0))
+    settings = SamplingConfig(sampler=sampler, steps=steps, eta=eta, guidance=1.0, precision="fp32")
+    mel = d.sample(motion, lyrics, pad, settings=settings, generator=torch.Generator().manual_seed(0))
     assert mel.shape == (4, 1, 1000)
     assert len(d.model.calls) == steps
     # raw = 2 + 3 x with x ~ N(1.5, 0.5^2): mean 6.5, std 1.5; 4000 samples. With few steps both
@@ -172,7 +172,7 @@ def sampler_gaussian_moments(ab_seq, mu, s, eta):
 def test_guidance_batches_cond_and_uncond_in_one_call_per_step():
     d = toy_diffusion(mu_cond=1.0, mu_uncond=-0.5, s=0.3, mel_mean=0.0, mel_std=1.0)
     motion, lyrics, pad = toy_conditions(batch=2)
-    mel = d.sample(motion, lyrics, pad, settings=SamplingConfig(steps=20, guidance=2.0),
+    mel = d.sample(motion, lyrics, pad, settings=SamplingConfig(steps=20, guidance=2.0, precision="fp32"),
                    generator=torch.Generator().manual_seed(0))
     assert len(d.model.calls) == 20
     assert all(c == (4, [False, False, True, True]) for c in d.model.calls)
@@ -180,10 +180,20 @@ def test_guidance_batches_cond_and_uncond_in_one_call_per_step():
 
     for guidance, expected_call in ((1.0, (2, None)), (0.0, (2, [True, True]))):
         d.model.calls.clear()
-        mel = d.sample(motion, lyrics, pad, settings=SamplingConfig(steps=10, guidance=guidance),
-                       generator=torch.Generator().manual_seed(0))
+        settings = SamplingConfig(steps=10, guidance=guidance, precision="fp32")
+        mel = d.sample(motion, lyrics, pad, settings=settings, generator=torch.Generator().manual_seed(0))
         assert d.model.calls == [expected_call] * 10
         assert mel.mean().item() == pytest.approx(1.0 if guidance == 1 else -0.5, abs=0.05)
+
+
+def test_sample_refuses_an_unresolved_precision():
+    """"auto" depends on the device's CPU flags, which models/ does not read: the caller resolves it."""
+    d = toy_diffusion()
+    motion, lyrics, pad = toy_conditions(batch=1, frames=4)
+    for settings in (SamplingConfig(), None):
+        with pytest.raises(ValueError, match='resolves "auto" for its device first'):
+            d.sample(motion, lyrics, pad, settings=settings)
+    assert SamplingConfig().precision == "auto"  # the recommended default, resolved per device
 
 
 def test_guidance_with_unet_counts_calls_and_sample_is_deterministic():
@@ -200,8 +210,8 @@ def test_guidance_with_unet_counts_calls_and_sample_is_deterministic():
     motion, lyrics = torch.randn(2, 13, 234, generator=g), torch.randn(2, 3, 8, generator=g)
     pad = torch.tensor([[False, False, True], [False, False, False]])
     def run(seed, sampler="ddim", **kw):
-        return d.sample(motion, lyrics, pad, settings=SamplingConfig(sampler=sampler, steps=6, guidance=3.0),
-                        generator=torch.Generator().manual_seed(seed), **kw)
+        settings = SamplingConfig(sampler=sampler, steps=6, guidance=3.0, precision="fp32")
+        return d.sample(motion, lyrics, pad, settings=settings, generator=torch.Generator().manual_seed(seed), **kw)
     a = run(1)
     assert batch_sizes == [4] * 6
     assert unet.training  # mode restored after sampling
@@ -220,7 +230,7 @@ def test_inpainting_holds_the_known_frames():
     mask = torch.zeros(2, 50, dtype=torch.bool)
     mask[:, :20] = True
     gens = lambda: [torch.Generator().manual_seed(s) for s in (3, 4)]  # noqa: E731
-    cfg = SamplingConfig(sampler="ddpm", steps=30, guidance=1.0)
+    cfg = SamplingConfig(sampler="ddpm", steps=30, guidance=1.0, precision="fp32")
     mel = d.sample(motion, lyrics, pad, settings=cfg, generator=gens(), known=known, known_mask=mask)
     assert torch.equal(mel[:, :, :20], known[:, :, :20])
     assert mel[:, :, 20:].mean().item() == pytest.approx(2 + 3 * 1.5, abs=0.6)

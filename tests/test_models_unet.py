@@ -8,14 +8,18 @@ import torch
 
 from lm2a.clipio import json_safe
 
-from models.cross_attention import CrossAttentionBlock, copy_weights_across_impl  # noqa: E402
+from models.cross_attention import CrossAttentionBlock  # noqa: E402
 from models.embedding import LyricEmbedding, sinusoidal_embedding  # noqa: E402
-from models.unet1d_ultimate import UNet1D_ultimate, norm_groups  # noqa: E402
+from models.layout import MOTION_DIM  # noqa: E402
+from models.motion_features import DEFAULT_MOTION_FEATURES, motion_feature_dim  # noqa: E402
+from models.unet1d_ultimate import UNet1D_ultimate, UNetConfig, norm_groups  # noqa: E402
 
 torch.set_num_threads(1)
 LYRIC_DIM = 24
-TINY = dict(lyric_dim=LYRIC_DIM, base_dim=16, dim_mults=(1, 2), cond_dim=16, time_emb_dim=32,
-            num_res_blocks=1, num_mid_blocks=1, num_heads=4, dropout=0.0)
+# motion_dim = the 234 raw features (the default is the beat channels' 6): these tests feed the
+# network directly, and a wide motion input exercises the motion embedding more
+TINY = dict(motion_dim=MOTION_DIM, lyric_dim=LYRIC_DIM, base_dim=16, dim_mults=(1, 2), cond_dim=16,
+            time_emb_dim=32, num_res_blocks=1, num_mid_blocks=1, num_heads=4, dropout=0.0)
 
 
 def tiny_model(seed=0, perturb=True, **overrides):
@@ -71,14 +75,13 @@ def test_fresh_cross_attention_block_is_identity():
 
 def test_all_padding_row_gives_no_nan():
     torch.manual_seed(0)
-    for impl in ("sdpa", "mha"):
-        block = CrossAttentionBlock(32, 16, num_heads=4, attn_impl=impl)
-        torch.nn.init.normal_(block.fuse.weight)
-        h = torch.randn(2, 32, 7, requires_grad=True)
-        pad = torch.tensor([[False, True, True], [True, True, True]])
-        out = block(h, torch.randn(2, 7, 16), torch.randn(2, 3, 16), pad)
-        out.sum().backward()
-        assert torch.isfinite(out).all() and torch.isfinite(h.grad).all()
+    block = CrossAttentionBlock(32, 16, num_heads=4)
+    torch.nn.init.normal_(block.fuse.weight)
+    h = torch.randn(2, 32, 7, requires_grad=True)
+    pad = torch.tensor([[False, True, True], [True, True, True]])
+    out = block(h, torch.randn(2, 7, 16), torch.randn(2, 3, 16), pad)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(h.grad).all()
 
 
 def test_dropping_conditions_changes_output_and_removes_their_influence():
@@ -146,40 +149,10 @@ def test_lyric_embedding_null_token_and_mask():
     assert torch.equal(tokens[:, 0], embed.null_token.expand(3, 8))
 
 
-def test_mha_and_sdpa_give_equal_outputs_with_copied_weights():
-    sdpa = tiny_model(attn_impl="sdpa")
-    torch.manual_seed(123)
-    mha = UNet1D_ultimate(**{**TINY, "attn_impl": "mha"}).eval()
-    assert sum(p.numel() for p in sdpa.parameters()) == sum(p.numel() for p in mha.parameters())
-    copy_weights_across_impl(mha, sdpa)
-    x, t, motion, lyrics, pad = inputs()
-    with torch.no_grad():
-        out_sdpa = sdpa(x, t, motion, lyrics, pad, drop_lyrics=torch.tensor([False, True]))
-        out_mha = mha(x, t, motion, lyrics, pad, drop_lyrics=torch.tensor([False, True]))
-    assert out_sdpa.abs().max() > 1e-3
-    torch.testing.assert_close(out_mha, out_sdpa, atol=1e-5, rtol=1e-4)
-    # and back again
-    sdpa_again = UNet1D_ultimate(**{**TINY, "attn_impl": "sdpa"}).eval()
-    copy_weights_across_impl(sdpa_again, mha)
-    for (k, a), b in zip(sdpa.state_dict().items(), sdpa_again.state_dict().values()):
-        assert torch.equal(a, b), k
-
-
-def test_mha_equals_sdpa_when_context_dim_equals_dim():
-    torch.manual_seed(0)
-    a = CrossAttentionBlock(16, 16, num_heads=4, attn_impl="sdpa")
-    b = CrossAttentionBlock(16, 16, num_heads=4, attn_impl="mha")  # packed in_proj_weight
-    torch.nn.init.normal_(a.fuse.weight)
-    copy_weights_across_impl(b, a)
-    h, m, l = torch.randn(2, 16, 9), torch.randn(2, 9, 16), torch.randn(2, 3, 16)
-    pad = torch.tensor([[False, False, True], [False, False, False]])
-    torch.testing.assert_close(b(h, m, l, pad), a(h, m, l, pad), atol=1e-5, rtol=1e-4)
-
-
 def test_config_round_trip_and_backward():
     model = tiny_model()
     config = json.loads(json.dumps(json_safe(model.config)))
-    assert config["dim_mults"] == [1, 2] and config["attn_impl"] == "sdpa"
+    assert config["dim_mults"] == [1, 2] and "attn_impl" not in config
     rebuilt = UNet1D_ultimate(**config)
     rebuilt.load_state_dict(model.state_dict())
     x, t, motion, lyrics, pad = inputs()
@@ -209,3 +182,8 @@ def test_dropout_is_active_in_training_mode_only():
         assert torch.equal(model(x, t, motion, lyrics, pad), model(x, t, motion, lyrics, pad))
         model.train()
         assert not torch.equal(model(x, t, motion, lyrics, pad), model(x, t, motion, lyrics, pad))
+
+
+def test_default_motion_dim_fits_the_default_motion_features():
+    """One value per setting: the network's default motion input is the diffusion's default view."""
+    assert UNetConfig().motion_dim == motion_feature_dim(DEFAULT_MOTION_FEATURES) == 6
