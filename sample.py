@@ -38,10 +38,15 @@ import sys
 import time
 from pathlib import Path
 
-from lm2a.config import add_config_flags, config_from_args, constants_for
-from lm2a.generate import add_sampling_flags
-from lm2a.longform import LongformConfig
+from lm2a.checkpoint import CheckpointError
+from lm2a.clipio import list_clip_files
+from lm2a.config import add_config_flags, add_sampling_flags, config_from_args, constants_for
+from lm2a.device import pick_device, resolve_precision
+from lm2a.generate import check_settings, describe_settings, generate_for_items, load_clips, raw_item
+from lm2a.longform import (FULL_GEN_SUFFIX, LongformConfig, generate_dances, load_dance, plot_longform,
+                           write_longform)
 from lm2a.timeline import MOTION_T0_RULES
+from lm2a.trained import load_model
 from models.diffusion import SamplingConfig
 
 # ---- defaults (edit here or pass --flag) --------------------------------------------------------
@@ -118,7 +123,6 @@ def whole_dance_mode(args):
 
 def load_dances(args, info, longform):
     """The dances of --song folders or of the raw --motion input (lm2a.longform.load_dance)."""
-    from lm2a.longform import load_dance
     if args.motion is not None:
         return [load_dance(info, args.motion, lyrics_json=args.lyrics_json, lyric_text=args.lyrics,
                            start_s=args.start, end_s=args.end, motion_t0=args.motion_t0, fps=args.fps,
@@ -139,8 +143,6 @@ def load_dances(args, info, longform):
 
 def run_whole_dance(args, settings, diffusion, info, t_start):
     """Whole-dance generation: <name>_full_gen.npz and <name>_full.png per dance. -> exit code."""
-    from lm2a.generate import describe_settings, weights_label
-    from lm2a.longform import FULL_GEN_SUFFIX, generate_dances, plot_longform, write_longform
     longform = config_from_args(LongformConfig, args)
     dances = load_dances(args, info, longform)
     t_gen = time.perf_counter()
@@ -148,7 +150,7 @@ def run_whole_dance(args, settings, diffusion, info, t_start):
     gen_seconds = time.perf_counter() - t_gen
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    hop_s = info["mel_config"]["hop_size"] / info["mel_config"]["sampling_rate"]
+    hop_s = info.mel_config.hop_seconds
     for dance, res in zip(dances, results):
         path = write_longform(out / f"{dance['name']}{FULL_GEN_SUFFIX}.npz", dance, res, info, settings, longform)
         if not args.no_png:
@@ -158,7 +160,7 @@ def run_whole_dance(args, settings, diffusion, info, t_start):
                           title=f"{dance['name']} {dance['meta']['start_s']:.2f}-{dance['meta']['end_s']:.2f} s: "
                                 f"{len(plan['starts'])} windows, overlap {longform.overlap:g} s, crossfade "
                                 f"{longform.crossfade:g} s, {'continuation' if longform.continuation else 'independent'}; "
-                                f"{describe_settings(settings)}, step {info['step']}")
+                                f"{describe_settings(settings)}, step {info.step}")
         if not args.quiet:
             print(f"sample.py: {path}")
     n_windows = sum(len(d["plan"]["starts"]) for d in dances)
@@ -167,15 +169,13 @@ def run_whole_dance(args, settings, diffusion, info, t_start):
     print(f"sample.py: whole dance: {len(dances)} dance(s), {seconds:.1f} s of mel, {n_windows} windows "
           f"(overlap {longform.overlap:g} s, crossfade {longform.crossfade:g} s, "
           f"{'continuation' if longform.continuation else 'independent windows'}); {describe_settings(settings)}, "
-          f"{weights_label(info)} weights of step {info['step']}; {time.perf_counter() - t_start:.1f} s "
+          f"{info.weights_label} weights of step {info.step}; {time.perf_counter() - t_start:.1f} s "
           f"({per_window}) -> {out}")
     return 0 if results else 1
 
 
 def load_items(args, info, device):
     """-> (items, number of inputs read, skipped [(path, reason)]) for --npz / --npz_dir / --motion."""
-    from lm2a.clipio import list_clip_files
-    from lm2a.generate import load_clips, raw_item
     if args.motion is not None:
         return [raw_item(info, args.motion, args.lyrics, args.start, args.seconds, args.fps,
                          args.motion_t0, device)], 1, []
@@ -188,12 +188,51 @@ def load_items(args, info, device):
     return items, len(paths), skipped
 
 
-def main(argv=None):
-    from lm2a import pick_device
-    from lm2a.checkpoint import CheckpointError
-    from lm2a.generate import (check_settings, describe_settings, generate_for_items, load_model,
-                                resolve_precision, weights_label)
+def usage_error(args, whole):
+    """-> the message for flags that do not go together, or None. Sets the raw clip's motion_t0."""
+    if whole:
+        if args.song and (args.lyrics is not None or args.lyrics_json or args.audio):
+            return ("--song reads the lyrics and audio of the song folder: --lyrics, --lyrics_json and --audio go "
+                    "with --motion")
+        if args.song is None and args.motion is None:
+            return "whole dance: give --song SONG_DIR or --motion smplfull.json"
+        if args.lyrics is not None and args.lyrics_json:
+            return "give --lyrics_json (a timeline) or --lyrics (one line for every window), not both"
+    raw = args.motion is not None and not whole
+    if args.motion_t0 is None and not whole:
+        args.motion_t0 = MOTION_T0  # whole dance: None = the rule of the lyric timeline (load_dance)
+    elif raw and isinstance(args.motion_t0, str):
+        return (f"--motion_t0 {args.motion_t0}: a raw clip has no lyric timeline; give the song time (s) of "
+                f"motion frame 0")
+    if raw and (args.lyrics is None or args.start is None):
+        return "--motion needs --lyrics TEXT and --start SECONDS"
+    if not raw and not whole and (args.lyrics is not None or args.start is not None):
+        return "--lyrics and --start go with --motion (raw input)"
+    return None
 
+
+def report_skipped(skipped, shown=5):
+    for _, reason in skipped[:shown]:  # every reason starts with the file name
+        print(f"sample.py: skipped {reason}", file=sys.stderr)
+    if len(skipped) > shown:
+        print(f"sample.py: ... and {len(skipped) - shown} more skipped clips", file=sys.stderr)
+
+
+def run_clips(args, settings, diffusion, info, items, n_read, skipped, t_start):
+    """Generation for clips (--npz, --npz_dir, raw --motion): <name>_gen.npz + png. -> exit code."""
+    report_skipped(skipped)
+    t_gen = time.perf_counter()
+    results = generate_for_items(diffusion, info, items, settings, args.out_dir, png=not args.no_png,
+                                 progress=not args.quiet, step_progress=not args.quiet)
+    gen_seconds = time.perf_counter() - t_gen
+    per_clip = f"{gen_seconds / len(results):.2f} s/clip" if results else "n/a s/clip"
+    print(f"sample.py: read {n_read} clips, wrote {len(results)}, skipped {len(skipped)}; "
+          f"{describe_settings(settings)}, {info.weights_label} weights of step {info.step}; "
+          f"{time.perf_counter() - t_start:.1f} s ({per_clip}) -> {args.out_dir}")
+    return 0 if results else 1
+
+
+def main(argv=None):
     t_start = time.perf_counter()
     err = lambda msg: print(f"sample.py: error: {msg}", file=sys.stderr)  # noqa: E731
     try:
@@ -205,29 +244,9 @@ def main(argv=None):
     except ValueError as e:
         err(str(e))
         return 2
-    if whole:
-        if args.song and (args.lyrics is not None or args.lyrics_json or args.audio):
-            err("--song reads the lyrics and audio of the song folder: --lyrics, --lyrics_json and --audio go "
-                "with --motion")
-            return 2
-        if args.song is None and args.motion is None:
-            err("whole dance: give --song SONG_DIR or --motion smplfull.json")
-            return 2
-        if args.lyrics is not None and args.lyrics_json:
-            err("give --lyrics_json (a timeline) or --lyrics (one line for every window), not both")
-            return 2
-    raw = args.motion is not None and not whole
-    if args.motion_t0 is None and not whole:
-        args.motion_t0 = MOTION_T0  # whole dance: None = the rule of the lyric timeline (load_dance)
-    elif raw and isinstance(args.motion_t0, str):
-        err(f"--motion_t0 {args.motion_t0}: a raw clip has no lyric timeline; give the song time (s) of "
-            f"motion frame 0")
-        return 2
-    if raw and (args.lyrics is None or args.start is None):
-        err("--motion needs --lyrics TEXT and --start SECONDS")
-        return 2
-    if not raw and not whole and (args.lyrics is not None or args.start is not None):
-        err("--lyrics and --start go with --motion (raw input)")
+    problem = usage_error(args, whole)
+    if problem:
+        err(problem)
         return 2
     device = pick_device(args.device)
     try:
@@ -237,27 +256,14 @@ def main(argv=None):
         if problem:
             raise ValueError(problem)
         if not args.quiet:
-            print(f"sample.py: {info['description']} Using {weights_label(info)} weights on {device}.")
+            print(f"sample.py: {info.description} Using {info.weights_label} weights on {device}.")
         if whole:
             return run_whole_dance(args, settings, diffusion, info, t_start)
         items, n_read, skipped = load_items(args, info, device)
     except (FileNotFoundError, CheckpointError, RuntimeError, ValueError, OSError) as e:
         err(str(e))
         return 2
-    for _, reason in skipped[:5]:  # every reason starts with the file name
-        print(f"sample.py: skipped {reason}", file=sys.stderr)
-    if len(skipped) > 5:
-        print(f"sample.py: ... and {len(skipped) - 5} more skipped clips", file=sys.stderr)
-
-    t_gen = time.perf_counter()
-    results = generate_for_items(diffusion, info, items, settings, args.out_dir, png=not args.no_png,
-                                 progress=not args.quiet, step_progress=not args.quiet)
-    gen_seconds = time.perf_counter() - t_gen
-    per_clip = f"{gen_seconds / len(results):.2f} s/clip" if results else "n/a s/clip"
-    print(f"sample.py: read {n_read} clips, wrote {len(results)}, skipped {len(skipped)}; "
-          f"{describe_settings(settings)}, {weights_label(info)} weights of step {info['step']}; "
-          f"{time.perf_counter() - t_start:.1f} s ({per_clip}) -> {args.out_dir}")
-    return 0 if results else 1
+    return run_clips(args, settings, diffusion, info, items, n_read, skipped, t_start)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""LM2A checkpoints (DESIGN.md "Checkpoints"): one self-describing file per save.
+"""LM2A checkpoint files: one self-describing file per save, its layout and what old files meant.
 
 A checkpoint is a plain dict that `torch.load(path, weights_only=True)` reads (tensors, dicts, lists,
 str, numbers, None only), holding everything needed to rebuild the model and to resume training:
@@ -8,22 +8,20 @@ str, numbers, None only), holding everything needed to rebuild the model and to 
     {name, dim}, step, epoch, model (UNet state_dict), ema (EMA UNet state_dict), optimizer,
     scheduler, scaler (or None), rng, train_args, val_loss, best_val_loss, created, torch_version
 
-The layout is written once: `training_checkpoint` builds the dict from a run's parts and state,
-`restore_training` puts it back (FORMATS.md lists every key). File names in a save dir:
-step_00001234.pt, best.pt, last.pt.
+FORMATS.md lists every key. The layout is written once: lm2a.training's `training_checkpoint` builds
+the dict from a run's parts and state and `restore_training` puts it back; lm2a.trained rebuilds the
+model from it. This module only reads, writes and finds the files, and says what a key that an older
+file lacks meant (LEGACY_VALUES). File names in a save dir: step_00001234.pt, best.pt, last.pt.
 """
-import random
 import re
 from collections import OrderedDict
 from dataclasses import fields
-from datetime import datetime, timezone
 from pathlib import Path
-
-import numpy as np
 
 import torch
 
 from lm2a import SCHEMA_VERSION
+from lm2a.clipio import atomic_file
 
 CHECKPOINT_KIND = "lm2a-checkpoint"
 REQUIRED_KEYS = ("schema_version", "kind", "model_class", "model_config", "diffusion_config",
@@ -64,7 +62,6 @@ def save_checkpoint(obj: dict, path) -> Path:
     """Writes `obj` to `path` atomically (lm2a.clipio.atomic_file: a reader never sees half a
     checkpoint, and a crash mid-write leaves the previous file intact). Refuses (before writing)
     anything torch.load(weights_only=True) could not read back."""
-    from lm2a.clipio import atomic_file
     path = Path(path)
     _check_loadable(obj)
     with atomic_file(path, "wb") as f:
@@ -142,33 +139,14 @@ def load_checkpoint(path_or_dir, map_location="cpu") -> dict:
     return ckpt
 
 
-# ---- the training checkpoint: built once, restored once --------------------------------------
-
-def capture_rng_state():
-    """Python, numpy, torch and CUDA RNG states as tensors/lists/numbers (weights_only-loadable)."""
-    py = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng_state(state):
-    if not state:
-        return
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    s = state["numpy"]
-    np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"],
-                         s["cached_gaussian"]))
-    torch.set_rng_state(state["torch"].cpu())
-    if state.get("cuda") and torch.cuda.is_available() \
-            and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+def prune_step_checkpoints(save_dir, keep):
+    """Deletes all but the newest `keep` step_XXXXXXXX.pt files (keep 0 = keep all) -> the deleted."""
+    if keep <= 0:
+        return []
+    old = step_checkpoints(save_dir)[:-keep]
+    for _, path in old:
+        path.unlink(missing_ok=True)
+    return [p for _, p in old]
 
 
 def to_cpu(obj):
@@ -182,113 +160,43 @@ def to_cpu(obj):
     return obj
 
 
-def training_checkpoint(parts, state, mel_config, text_encoder, train_args) -> dict:
-    """The checkpoint of a training run (lm2a.training.TrainParts + RunState): configs, statistics,
-    weights, optimizer/scheduler/scaler, RNG and counters. The one place the layout is written."""
-    from lm2a.clipio import json_safe
-    diffusion = parts.ema_diffusion
-    return {
-        "schema_version": SCHEMA_VERSION, "kind": CHECKPOINT_KIND,
-        "model_class": type(parts.model).__name__, "model_config": json_safe(parts.model.config),
-        "diffusion_config": json_safe(diffusion.config),
-        "norm_stats": diffusion.norm_stats(), "mel_config": mel_config,
-        "text_encoder": dict(text_encoder),
-        "step": state.step, "epoch": state.epoch, "epoch_batch": state.epoch_batch,
-        "world_size": parts.world,
-        "model": to_cpu(parts.model.state_dict()), "ema": to_cpu(parts.ema.module.state_dict()),
-        "ema_num_averaged": int(parts.ema.n_averaged),
-        "optimizer": to_cpu(parts.optimizer.state_dict()),
-        "scheduler": parts.scheduler.state_dict(),
-        "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
-        "rng": capture_rng_state(), "train_args": json_safe(train_args),
-        "val_loss": state.last_val, "val_step": state.val_step, "best_val_loss": state.best_val,
-        "train_seconds": state.train_seconds, "nonfinite_steps": state.nonfinite_total,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": str(torch.__version__),
-    }
+# ---- what an older checkpoint meant ----------------------------------------------------------
+# A setting a checkpoint lacks was written before the setting existed: it meant the behaviour of the
+# code of that time, listed here. The dataclass defaults are today's recommendations and change when a
+# better recipe is measured: they never stand in for a missing key. A key missing from a section
+# and from this table is an error (the file is not what this code knows how to read).
+LEGACY_VALUES = {
+    "diffusion_config": {"objective": "eps",           # before the v objective (fa5f920)
+                         "motion_features": "raw"},    # before the rhythm/beat views (dcb8f69)
+    "train_args": {"aug_mirror": 0.0, "aug_lyric_swap": 0.0, "aug_gain": 0.0,  # before augmentation
+                   "aug_eq": 0.0},
+}
+# settings that no longer exist -> the one value a checkpoint may hold for them and still load
+DROPPED_VALUES = {
+    "model_config": {"attn_impl": "sdpa"},  # the MHA baseline kernel moved to sometest/bench.py
+}
 
 
-def restore_training(ckpt, parts):
-    """Puts a training checkpoint back into freshly built parts (weights, EMA, optimizer, schedule,
-    scaler, RNG) -> the RunState to continue from."""
-    from lm2a.training import RunState
-    parts.model.load_state_dict(ckpt["model"])
-    parts.ema.module.load_state_dict(ckpt["ema"])
-    parts.ema.n_averaged.fill_(int(ckpt.get("ema_num_averaged", ckpt["step"])))
-    parts.optimizer.load_state_dict(ckpt["optimizer"])
-    parts.scheduler.load_state_dict(ckpt["scheduler"])
-    if parts.scaler is not None and ckpt.get("scaler"):
-        parts.scaler.load_state_dict(ckpt["scaler"])
-    restore_rng_state(ckpt.get("rng"))
-    return RunState(step=int(ckpt["step"]), epoch=int(ckpt["epoch"]),
-                    epoch_batch=int(ckpt.get("epoch_batch", 0)), best_val=ckpt.get("best_val_loss"),
-                    last_val=ckpt.get("val_loss"), val_step=int(ckpt.get("val_step", -1)),
-                    nonfinite_total=int(ckpt.get("nonfinite_steps", 0)),
-                    train_seconds=float(ckpt.get("train_seconds", 0.0)))
-
-
-def model_config(ckpt: dict):
-    """The checkpoint's UNetConfig (unknown keys refused with the file named)."""
-    from models.unet1d_ultimate import UNetConfig
-    return _config(UNetConfig, ckpt, "model_config")
-
-
-def diffusion_config(ckpt: dict):
-    from models.diffusion import DiffusionConfig
-    return _config(DiffusionConfig, ckpt, "diffusion_config")
-
-
-def _config(cls, ckpt, key):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(ckpt[key]) - known)
+def config_from_checkpoint(cls, ckpt: dict, key: str, section=None):
+    """An instance of the config dataclass `cls` from ckpt[key] (section: the dict to read, default
+    ckpt[key]): missing fields from LEGACY_VALUES[key], dropped settings checked and removed. Keys
+    this code does not know, or a missing field with no legacy value, are refused naming the file.
+    Fields with flag=False that the section lacks keep their default (derived, not a setting)."""
+    where = ckpt.get("_path", "checkpoint")
+    values = dict(ckpt[key] if section is None else section)
+    for name, allowed in DROPPED_VALUES.get(key, {}).items():
+        if name in values and values.pop(name) != allowed:
+            raise CheckpointError(f"{where}: {key}.{name} is not {allowed!r}: this setting no longer exists "
+                                  f"(sometest/bench.py keeps the alternative for measurement); retrain")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names) if section is None else []
     if unknown:
-        raise CheckpointError(f"{ckpt.get('_path', 'checkpoint')}: {key} has keys {unknown} that this "
-                              f"code does not know (written by a newer train.py?)")
-    return cls(**ckpt[key])
-
-
-def build_model(ckpt: dict, use_ema=True):
-    """The UNet of a checkpoint (EMA weights by default) on CPU, eval mode."""
-    from models.unet1d_ultimate import UNet1D_ultimate
-    if ckpt.get("model_class", "UNet1D_ultimate") != "UNet1D_ultimate":
-        raise CheckpointError(f"{ckpt.get('_path', 'checkpoint')}: model_class "
-                              f"{ckpt['model_class']!r} is not known to this code")
-    model = UNet1D_ultimate(model_config(ckpt))
-    key = "ema" if use_ema and ckpt.get("ema") is not None else "model"
-    model.load_state_dict(ckpt[key])
-    return model.eval()
-
-
-def build_diffusion(ckpt: dict, use_ema=True, device="cpu"):
-    """GaussianDiffusion rebuilt from a checkpoint dict (see load_checkpoint): model from
-    model_config + (EMA) weights, diffusion settings and normalisation statistics; eval mode."""
-    from models.diffusion import GaussianDiffusion
-    model = build_model(ckpt, use_ema=use_ema)
-    stats = {k: torch.as_tensor(ckpt["norm_stats"][k], dtype=torch.float32) for k in NORM_STAT_KEYS}
-    diffusion = GaussianDiffusion(model, diffusion_config(ckpt), **stats)
-    return diffusion.to(device).eval()
-
-
-def _num_params(state_dict) -> int:
-    return sum(v.numel() for v in state_dict.values() if torch.is_tensor(v) and v.is_floating_point())
-
-
-def describe_checkpoint(ckpt: dict) -> str:
-    """One paragraph: what this checkpoint is and how it was trained."""
-    mc = ckpt.get("model_config", {})
-    dc = ckpt.get("diffusion_config", {})
-    te = ckpt.get("text_encoder", {})
-    mel = ckpt.get("mel_config", {})
-    vl, best = ckpt.get("val_loss"), ckpt.get("best_val_loss")
-    fmt = lambda x: "n/a" if x is None else f"{x:.4f}"
-    n = _num_params(ckpt["model"]) if isinstance(ckpt.get("model"), dict) else 0
-    mults = ",".join(str(m) for m in mc.get("dim_mults", []))
-    where = f"{ckpt['_path']}: " if "_path" in ckpt else ""
-    return (f"{where}LM2A {ckpt.get('model_class', '?')} at step {ckpt.get('step')} "
-            f"(epoch {ckpt.get('epoch')}), val loss {fmt(vl)} (best {fmt(best)}); "
-            f"{n / 1e6:.2f}M parameters (base_dim {mc.get('base_dim')}, dim_mults {mults}, "
-            f"cond_dim {mc.get('cond_dim')}); diffusion {dc.get('timesteps')} steps "
-            f"{dc.get('beta_schedule')}/{dc.get('objective')}; text encoder "
-            f"{te.get('name')} ({te.get('dim')}-dim); mel config {mel.get('name')} "
-            f"({mel.get('num_mels')} mels, {mel.get('sampling_rate')} Hz, hop {mel.get('hop_size')}); "
-            f"written {ckpt.get('created', '?')} with torch {ckpt.get('torch_version', '?')}.")
+        raise CheckpointError(f"{where}: {key} has keys {unknown} that this code does not know "
+                              f"(written by a newer train.py?)")
+    legacy = LEGACY_VALUES.get(key, {})
+    missing = [f.name for f in fields(cls) if f.name not in values and f.name not in legacy
+               and f.metadata.get("flag", True)]
+    if missing:
+        raise CheckpointError(f"{where}: {key} lacks {missing} and this code does not know what an old "
+                              f"file meant by their absence (add them to lm2a.checkpoint.LEGACY_VALUES)")
+    return cls(**{n: values[n] if n in values else legacy[n] for n in names if n in values or n in legacy})

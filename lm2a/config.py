@@ -9,6 +9,8 @@ lives beside the code that uses it, and the stage script's UPPERCASE constant of
 import argparse
 from dataclasses import fields, replace
 
+from models.diffusion import SamplingConfig
+
 
 def parse_int_tuple(text):
     """'1,2,4' or '(1, 2, 4)' -> (1, 2, 4)."""
@@ -78,3 +80,12 @@ def config_from_args(cls, args, base=None, **overrides):
     if base is not None:
         return replace(base, **values)
     return cls(**values)
+
+
+def add_sampling_flags(parser, namespace):
+    """The sampling flags (generated from SamplingConfig, defaults from a script's UPPERCASE
+    constants in `namespace`) and the model-loading ones; sample.py and val.py share them."""
+    add_config_flags(parser, SamplingConfig, constants_for(SamplingConfig, namespace), title="sampling")
+    parser.add_argument("--no_ema", action="store_true", help="use the raw weights, not the EMA ones")
+    parser.add_argument("--device", default=namespace.get("DEVICE", "auto"), help="auto, cpu, cuda, cuda:1")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")

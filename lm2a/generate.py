@@ -1,113 +1,62 @@
-"""Generation, shared by sample.py, val.py (and anything else that samples from a checkpoint):
-load a model from a checkpoint, load clips (each file read once), generate for a batch of items,
-write and read generated npz files.
+"""Generation, shared by sample.py, val.py, the training-time samples and the sometest tools: load
+clips (each file read once), check them against a checkpoint, generate for a batch of items, write
+and read generated npz files.
 
-    diffusion, info = load_model("runs/exp1", device)
-    items, skipped = load_clips(paths, info)
-    results = generate_for_items(diffusion, info, items, SamplingConfig(steps=50), out_dir="gen")
+    diffusion, model = load_model("runs/exp1", device)          # lm2a.trained
+    items, skipped = load_clips(paths, model)
+    results = generate_for_items(diffusion, model, items, SamplingConfig(steps=50), out_dir="gen")
 
 An item is a dict: name, mel (T, 80) and motion at the mel frame rate (T, 234) tensors exactly as
-in training (dataset.item_from_clip), lyrics (L, D), `clip` (the clip's own arrays: mel (80, T),
+in training (lm2a.data.item_from_clip), lyrics (L, D), `clip` (the clip's own arrays: mel (80, T),
 motion (frames, 234) at its fps, and its scalars, for evaluation) and `meta` (provenance written
 into the generated npz). Determinism: every item draws its noise from its own CPU generator seeded
 by (settings.seed, name), so its mel does not depend on the batch it was in.
 """
 import hashlib
-from dataclasses import asdict, replace
-from functools import lru_cache
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from lm2a.clipio import ClipFileError, load_clip, save_npz_atomic
+from lm2a.conditions import conditions_from_raw
+from lm2a.data import ITEM_KEYS, collate_fn, item_from_clip
+from lm2a.device import resolve_precision
+from lm2a.lyrics import LyricEncoder
+from lm2a.melconfig import MelConfig
+from lm2a.motion import resample_to_mel
+from lm2a.plots import mel_figure
+from lm2a.trained import load_model  # noqa: F401  TEMPORARY re-export (issue 18 transition)
 from models.diffusion import SamplingConfig
 
 GEN_SUFFIX = "_gen"            # <name>_gen.npz
-HEAVY_KEYS = ("model", "ema", "optimizer", "scheduler", "scaler", "rng")
 # what a generated npz records beside the mel: the sampling settings (asdict(SamplingConfig))
 # and these (FORMATS.md, "Generated npz")
 RECORD_KEYS = ("use_ema", "ckpt_path", "ckpt_step")
-# clip keys loaded once per file: the model's inputs, the evaluation's and the provenance
-CLIP_KEYS = ("mel", "motion", "lyrics", "fps", "sr", "hop_length", "mel_config", "text_encoder", "song",
-             "start_s", "lyric_text")
 
 
-# ---- model ------------------------------------------------------------------------------------
-def load_model(ckpt_path, device="cpu", use_ema=True):
-    """Checkpoint file or folder -> (GaussianDiffusion in eval mode on `device`, info). `info` is
-    the checkpoint dict without its weights and optimizer state, plus `_path`, `use_ema` (False
-    when the checkpoint has no EMA weights) and a one-paragraph `description`."""
-    from lm2a.checkpoint import build_diffusion, describe_checkpoint, load_checkpoint
-    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-    diffusion = build_diffusion(ckpt, use_ema=use_ema, device=device)
-    info = {k: v for k, v in ckpt.items() if k not in HEAVY_KEYS}
-    info["use_ema"] = bool(use_ema and ckpt.get("ema") is not None)
-    info["description"] = describe_checkpoint(ckpt)
-    return diffusion, info
-
-
-def weights_label(info):
-    return "EMA" if info.get("use_ema") else "raw (no EMA)"
-
-
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 arithmetic
-
-
-@lru_cache(maxsize=None)
-def _cpu_flags():
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no flags known, so no bf16 assumed
-        return frozenset()
-    return frozenset(word for line in text.splitlines() if line.startswith("flags") for word in line.split())
-
-
-def native_bf16(device) -> bool:
-    """Does `device` compute bf16 natively (CUDA with bf16 support; a CPU with AVX512-BF16 or AMX)?
-    Elsewhere bf16 autocast is emulated and can be slower than fp32."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return any(flag in _cpu_flags() for flag in BF16_CPU_FLAGS)
-    return False
-
-
-def resolve_precision(settings: SamplingConfig, device) -> SamplingConfig:
-    """precision "auto" -> "bf16" where native_bf16(device), else "fp32"; other settings unchanged.
-    Generated npz files record the resolved precision. (BENCHMARKS.md: bf16 moves a sample by a
-    few hundredths of a log unit, against ~1.9 between two noise seeds, and samples 1.5-1.9x faster.)"""
-    if settings.precision != "auto":
-        return settings
-    return replace(settings, precision="bf16" if native_bf16(device) else "fp32")
-
-
-def check_settings(settings: SamplingConfig, info):
-    """-> error string or None: settings the checkpoint cannot sample with."""
-    timesteps = int(info["diffusion_config"].get("timesteps", 1000))
+def check_settings(settings: SamplingConfig, model):
+    """-> error string or None: settings the checkpoint (a TrainedModel) cannot sample with."""
+    timesteps = model.diffusion_config.timesteps
     if not 1 <= settings.steps <= timesteps:
         return f"--steps {settings.steps}: must be in [1, {timesteps}] (the checkpoint's diffusion timesteps)"
     return None
 
 
-def mel_frames_for(seconds, mel_config):
-    from lm2a.audio import n_mel_frames
-    return n_mel_frames(int(round(seconds * mel_config["sampling_rate"])), mel_config)
-
-
 # ---- clips ------------------------------------------------------------------------------------
-def compatibility_problems(clip_label, mel_config, text_encoder, lyric_dim, info):
-    """What keeps a clip from being used with this checkpoint: [] when nothing. mel_config is a dict
-    or a JSON string."""
-    from lm2a.melconfig import compare_mel_configs, mel_config_from_json
-    ckpt_label = f"checkpoint {info.get('_path', '?')}"
-    cfg = mel_config_from_json(mel_config) if isinstance(mel_config, (str, np.str_)) else mel_config
-    problems = [f"mel config {d}" for d in compare_mel_configs(cfg, info["mel_config"], "clip", "checkpoint")]
-    te = info["text_encoder"]
-    if text_encoder != te["name"] or int(lyric_dim) != int(te["dim"]):
-        problems.append(f"text encoder {text_encoder!r} ({lyric_dim}-dim) (clip) vs {te['name']!r} "
-                        f"({te['dim']}-dim) (checkpoint)")
+def compatibility_problems(clip_label, mel_config, text_encoder, lyric_dim, model):
+    """What keeps a clip from being used with this checkpoint (a TrainedModel): [] when nothing.
+    mel_config: anything MelConfig.parse reads."""
+    ckpt_label = f"checkpoint {model.path}"
+    cfg = MelConfig.parse(mel_config, where=clip_label)
+    problems = [f"mel config {d}" for d in cfg.differences(model.mel_config, "clip", "checkpoint")]
+    te = model.text_encoder
+    if text_encoder != te.name or int(lyric_dim) != te.dim:
+        problems.append(f"text encoder {text_encoder!r} ({lyric_dim}-dim) (clip) vs {te.name!r} "
+                        f"({te.dim}-dim) (checkpoint)")
     if not problems:
         return []
     return [f"{clip_label}: does not match {ckpt_label}: " + "; ".join(problems) +
@@ -115,14 +64,14 @@ def compatibility_problems(clip_label, mel_config, text_encoder, lyric_dim, info
             "checkpoint trained on these clips)"]
 
 
-def usable_items(items, info):
-    """Splits items into those the checkpoint (`info`) can generate for and the others ->
+def usable_items(items, model):
+    """Splits items into those the checkpoint (a TrainedModel) can generate for and the others ->
     (usable, skipped [(path, reason)])."""
     usable, skipped = [], []
     for item in items:
         clip = item["clip"]
         problems = compatibility_problems(item["meta"]["source_npz"], clip["mel_config"],
-                                          clip["text_encoder"], clip["lyrics"].shape[1], info)
+                                          clip["text_encoder"], clip["lyrics"].shape[1], model)
         if problems:
             skipped.append((Path(item["meta"]["source_npz"]), problems[0]))
         else:
@@ -130,16 +79,14 @@ def usable_items(items, info):
     return usable, skipped
 
 
-def load_clips(paths, info=None):
-    """Clip npz files, each read once -> (items, skipped [(path, reason)]). With `info` (a
-    checkpoint's), clips it cannot use are skipped with the reason (usable_items)."""
-    from dataset import item_from_clip
-    from lm2a.clipio import ClipFileError, load_clip
+def load_clips(paths, model=None):
+    """Clip npz files, each read once -> (items, skipped [(path, reason)]). With `model` (a
+    TrainedModel), clips it cannot use are skipped with the reason (usable_items)."""
     items, skipped = [], []
     for path in paths:
         path = Path(path)
         try:
-            clip = load_clip(path, keys=CLIP_KEYS)
+            clip = load_clip(path, keys=ITEM_KEYS)
         except (ClipFileError, OSError, ValueError) as e:
             skipped.append((path, str(e)))
             continue
@@ -150,42 +97,28 @@ def load_clips(paths, info=None):
                             text_encoder=clip["text_encoder"], sr=int(clip["sr"]),
                             hop_length=int(clip["hop_length"]))
         items.append(item)
-    if info is not None:
-        items, refused = usable_items(items, info)
+    if model is not None:
+        items, refused = usable_items(items, model)
         skipped += refused
     return items, skipped
 
 
-def add_sampling_flags(parser, defaults):
-    """The sampling flags (generated from SamplingConfig, defaults from a script's UPPERCASE
-    constants) and the model-loading ones; sample.py and val.py share them."""
-    from lm2a.config import add_config_flags, constants_for
-    add_config_flags(parser, SamplingConfig, constants_for(SamplingConfig, defaults), title="sampling")
-    parser.add_argument("--no_ema", action="store_true", help="use the raw weights, not the EMA ones")
-    parser.add_argument("--device", default=defaults.get("DEVICE", "auto"), help="auto, cpu, cuda, cuda:1")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def raw_item(info, motion_path, lyric_text, start_s, seconds=6.0, fps=30, t0_s=0.0, device="cpu"):
-    """An item like load_clips' from raw inputs (lm2a.conditions), for the checkpoint's text encoder
-    and mel config; named raw_<start_ms>. Its `mel` has no bins: there is no real mel."""
-    from lm2a.conditions import conditions_from_raw
-    from lm2a.lyrics import LyricEncoder
-    from lm2a.melconfig import mel_config_to_json
-    from lm2a.motion import resample_to_mel
-    cfg = info["mel_config"]
-    encoder = LyricEncoder(info["text_encoder"]["name"], device=str(device))
+def raw_item(model, motion_path, lyric_text, start_s, seconds=6.0, fps=30, t0_s=0.0, device="cpu"):
+    """An item like load_clips' from raw inputs (lm2a.conditions), for the checkpoint's (TrainedModel)
+    text encoder and mel config; named raw_<start_ms>. Its `mel` has no bins: there is no real mel."""
+    cfg = model.mel_config
+    encoder = LyricEncoder(model.text_encoder.name, device=str(device))
     cond = conditions_from_raw(motion_path, lyric_text, start_s, seconds=seconds, fps=fps,
                                t0_s=t0_s, encoder=encoder)
     problems = compatibility_problems(f"{motion_path} + lyrics", cfg, cond["text_encoder"],
-                                      cond["lyrics"].shape[1], info)
+                                      cond["lyrics"].shape[1], model)
     if problems:
         raise ValueError(problems[0])
-    n_frames = mel_frames_for(seconds, cfg)
-    motion = resample_to_mel(cond["motion"], fps, n_frames, cfg["sampling_rate"], cfg["hop_size"])
+    n_frames = cfg.frames_for_seconds(seconds)
+    motion = resample_to_mel(cond["motion"], fps, n_frames, cfg.sampling_rate, cfg.hop_size)
     meta = dict(source_npz="", song="", start_s=float(start_s), lyric_text=str(lyric_text),
-                mel_config=mel_config_to_json(cfg), text_encoder=cond["text_encoder"],
-                sr=int(cfg["sampling_rate"]), hop_length=int(cfg["hop_size"]),
+                mel_config=cfg.to_json(), text_encoder=cond["text_encoder"],
+                sr=cfg.sampling_rate, hop_length=cfg.hop_size,
                 motion_path=str(Path(motion_path).resolve()), motion_t0=cond["motion_t0"],
                 frame_start=cond["frame_start"], frame_end=cond["frame_end"], fps=int(fps),
                 motion_repaired_frames=cond["motion_repaired_frames"],
@@ -234,15 +167,13 @@ def make_batches(items, batch_size):
     return batches
 
 
-def generate_for_items(diffusion, info, items, settings: SamplingConfig = None, out_dir=None, png=True,
+def generate_for_items(diffusion, model, items, settings: SamplingConfig = None, out_dir=None, png=True,
                        progress=True, step_progress=False, desc="generating"):
     """Generates for `items` (load_clips / raw_item) in batches of settings.batch_size, each clip
     with its own noise generator seeded by clip_seed(settings.seed, name). With out_dir, writes
-    <name>_gen.npz (atomically) and, with png, <name>.png.
-    -> list of dict(name, mel (80, T) float32, path or None, item), in the order of `items`."""
-    from tqdm import tqdm
-
-    from dataset import collate_fn
+    <name>_gen.npz (atomically) and, with png, <name>.png; `model` (the TrainedModel, recorded in
+    them) is needed only then. -> list of dict(name, mel (80, T) float32, path or None, item), in
+    the order of `items`."""
     settings = resolve_precision(settings or SamplingConfig(), diffusion.device)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -255,12 +186,12 @@ def generate_for_items(diffusion, info, items, settings: SamplingConfig = None, 
         for item, mel in zip(chunk, mels):
             path = None
             if out is not None:
-                path = write_generated(out / f"{item['name']}{GEN_SUFFIX}.npz", item, mel, info, settings)
+                path = write_generated(out / f"{item['name']}{GEN_SUFFIX}.npz", item, mel, model, settings)
                 if png:
                     real = item["mel"].numpy().T if item["mel"].shape[1] > 0 else None  # (80, T)
                     plot_mels(out / f"{item['name']}.png", mel, real,
-                              title=f"{item['name']}: {describe_settings(settings)}, step {info['step']} "
-                                    f"{weights_label(info)}")
+                              title=f"{item['name']}: {describe_settings(settings)}, step {model.step} "
+                                    f"{model.weights_label}")
             results.append({"name": item["name"], "mel": mel, "path": path, "item": item})
     return results
 
@@ -271,16 +202,15 @@ def describe_settings(settings: SamplingConfig):
 
 
 # ---- generated npz ----------------------------------------------------------------------------
-def write_generated(path, item, mel, info, settings: SamplingConfig):
+def write_generated(path, item, mel, model, settings: SamplingConfig):
     """<name>_gen.npz (FORMATS.md): the generated raw log-mel (80, T), every sampling setting
-    (asdict), the clip's seed, the checkpoint, and the item's provenance. -> path."""
-    from lm2a.clipio import save_npz_atomic
+    (asdict), the clip's seed, the checkpoint (a TrainedModel), and the item's provenance. -> path."""
     meta = dict(item["meta"])
     motion = meta.pop("motion", None)
     fields = dict(mel=np.asarray(mel, dtype=np.float32), **asdict(settings),
                   clip_seed=np.int64(clip_seed(settings.seed, item["name"])),
-                  use_ema=np.bool_(info.get("use_ema", True)),
-                  ckpt_path=np.str_(str(Path(info["_path"]).resolve())), ckpt_step=np.int64(info["step"]),
+                  use_ema=np.bool_(model.use_ema),
+                  ckpt_path=np.str_(str(Path(model.path).resolve())), ckpt_step=np.int64(model.step),
                   name=np.str_(item["name"]),
                   created=np.str_(datetime.now(timezone.utc).isoformat(timespec="seconds")))
     fields.update({k: np.str_(v) if isinstance(v, str) else v for k, v in meta.items()})
@@ -297,14 +227,13 @@ def _scalar(v):
 
 def read_generated(path):
     """A <name>_gen.npz -> dict(mel (80, T) float32, settings {sampling settings + RECORD_KEYS
-    present in the file}, mel_config (dict or None)). Raises ValueError naming the file."""
-    from lm2a.melconfig import mel_config_from_json
+    present in the file}, mel_config (MelConfig or None)). Raises ValueError naming the file."""
     setting_keys = tuple(SamplingConfig.__dataclass_fields__) + RECORD_KEYS
     try:
         with np.load(path, allow_pickle=False) as z:
             mel = z["mel"].astype(np.float32)
             settings = {k: _scalar(z[k]) for k in setting_keys if k in z.files}
-            mel_config = mel_config_from_json(z["mel_config"]) if "mel_config" in z.files else None
+            mel_config = MelConfig.parse(z["mel_config"], where=str(path)) if "mel_config" in z.files else None
     except Exception as e:  # BadZipFile, KeyError, OSError, ValueError
         raise ValueError(f"{path}: cannot read generated npz ({type(e).__name__}: {e})") from e
     return {"mel": mel, "settings": settings, "mel_config": mel_config}
@@ -312,21 +241,5 @@ def read_generated(path):
 
 def plot_mels(path, generated, real=None, title=""):
     """PNG of the real mel (when given) above the generated one, on one colour scale."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    panels = ([("real", real)] if real is not None else []) + [("generated", generated)]
-    vmin = min(float(np.min(m)) for _, m in panels)
-    vmax = max(float(np.max(m)) for _, m in panels)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.6 * len(panels) + 0.4), squeeze=False,
-                             constrained_layout=True)
-    for ax, (label, mel) in zip(axes[:, 0], panels):
-        im = ax.imshow(mel, origin="lower", aspect="auto", vmin=vmin, vmax=vmax, cmap="magma",
-                       interpolation="nearest")
-        ax.set_ylabel(f"{label}\nmel bin")
-    axes[-1, 0].set_xlabel("mel frame")
-    fig.colorbar(im, ax=axes[:, 0].tolist(), label="log-mel (ln)")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    rows = ([("real", [real])] if real is not None else []) + [("generated", [generated])]
+    mel_figure(path, rows, title=title)

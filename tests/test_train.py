@@ -13,9 +13,12 @@ import torch
 
 import train
 from lm2a import REPO_ROOT, training
+from lm2a.checkpoint import REQUIRED_KEYS, config_from_checkpoint, load_checkpoint, save_checkpoint
 from lm2a.clipio import json_safe
-from lm2a.checkpoint import (REQUIRED_KEYS, build_diffusion, capture_rng_state, describe_checkpoint,
-                             load_checkpoint, restore_rng_state, save_checkpoint)
+from lm2a.data import collate_fn
+from lm2a.trained import build_diffusion, describe_checkpoint
+from lm2a.training import capture_rng_state, restore_rng_state
+from models.unet1d_ultimate import UNetConfig
 from tests.fakeclips import write_fake_clips
 
 TINY = ["--base_dim", "16", "--dim_mults", "1,2", "--cond_dim", "16", "--time_emb_dim", "16",
@@ -179,7 +182,16 @@ def test_resume_is_exact(clips, tmp_path, capsys):
     out = capsys.readouterr()
     note = next(line for line in (out.out + out.err).splitlines() if "note:" in line)
     assert "note: aug_eq 0.3 -> 0.0 since" in note  # only the flag that changed (lr etc. came from the checkpoint)
+    run_note = next(line for line in (out.out + out.err).splitlines() if "run settings changed" in line)
+    assert run_note.endswith("max_steps 4 -> 5, val_every 3 -> 0")  # the run's own settings, apart
     assert load_checkpoint(tmp_path / "b" / "last.pt")["train_args"]["aug_eq"] == 0.0
+
+    # --resume with --save_dir alone: the data folders and every other setting come from the checkpoint
+    fourth = train.train(train.build_parser().parse_args(["--save_dir", str(tmp_path / "b"), "--resume",
+                                                          "--max_steps", "6", "--no_progress"]))
+    assert fourth["exit_code"] == 0 and fourth["step"] == 6
+    saved = load_checkpoint(tmp_path / "b" / "last.pt")["train_args"]
+    assert (saved["npz_dir"], saved["val_every"], saved["aug_eq"]) == (str(clips / "train"), 0, 0.0)
 
     # the model flags cannot contradict the checkpoint on resume
     with pytest.raises(SystemExit, match="base_dim=16"):
@@ -191,8 +203,7 @@ def test_resume_is_exact(clips, tmp_path, capsys):
 def test_nonfinite_step_is_skipped_and_counted(clips):
     """train_step on a batch whose loss is NaN makes no update (weights, EMA, optimizer state stay)
     but the LR schedule moves on; the next finite batch updates as usual."""
-    from dataset import MelDataset, collate_fn
-    from lm2a.checkpoint import model_config
+    from dataset import MelDataset
     args = args_for(clips, "unused", "--batch_size", 2, "--lr", 1e-2)
     ds = MelDataset(clips / "train")
     stats = {k: torch.from_numpy(v) for k, v in ds.stats().items() if k != "frames"}
@@ -210,7 +221,7 @@ def test_nonfinite_step_is_skipped_and_counted(clips):
     result = training.train_step(parts, batch, step=1)
     assert result.finite and math.isfinite(result.loss) and int(parts.ema.n_averaged) == 1
     assert not all(torch.equal(v, parts.model.state_dict()[k]) for k, v in before.items())
-    assert model_config({"model_config": json_safe(parts.model.config)}) == mcfg
+    assert config_from_checkpoint(UNetConfig, {"model_config": json_safe(parts.model.config)}, "model_config") == mcfg
 
 
 def test_diverged_weights_stop_the_run_and_name_the_last_checkpoint(clips, tmp_path, capsys):
@@ -325,11 +336,14 @@ def test_small_pieces():
     s.set_epoch(0, skip_batches=1)
     assert list(s) == e0[3:] and len(s) == 2
 
-    batch = {"lyrics": torch.ones(2, 3, 4), "lyric_pad_mask": torch.tensor([[0, 0, 1], [0, 0, 0]]).bool()}
-    padded = training.pad_lyrics(batch, 5)
+    items = [{"mel": torch.zeros(6, 80), "motion": torch.zeros(6, 234), "lyrics": torch.ones(n, 4), "name": str(n)}
+             for n in (2, 3)]
+    padded = collate_fn(items, lyric_tokens=5)  # torch.compile's fixed lyric length
     assert padded["lyrics"].shape == (2, 5, 4) and padded["lyrics"][:, 3:].abs().sum() == 0
+    assert padded["lyrics"][0, 2:].abs().sum() == 0 and padded["lyrics"][1, :3].min() == 1
     assert padded["lyric_pad_mask"].tolist() == [[False, False, True, True, True],
                                                  [False, False, False, True, True]]
+    assert collate_fn(items)["lyrics"].shape == (2, 3, 4)
 
     state = capture_rng_state()
     a = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
