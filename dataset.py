@@ -9,12 +9,12 @@ __getitem__ is a list lookup and the loader is never the bottleneck.
 """
 from pathlib import Path
 
-import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from lm2a.clipio import ClipFileError, list_clip_files
-from lm2a.data import collate_fn, load_item  # noqa: F401  (collate_fn: the loader's, re-exported for users)
+from lm2a.data import load_item
+from lm2a.stats import feature_moments
 
 STD_FLOOR = 1e-3  # a constant dimension keeps a finite normalisation
 
@@ -56,11 +56,10 @@ class MelDataset(Dataset):
 
     def stats(self):
         """Per-dimension mean and std of mel (80,) and motion (234,) over all frames of all items
-        (float64 accumulation; std floored at STD_FLOOR) -> float32 arrays and the frame count."""
-        moments = {}
+        (lm2a.stats.feature_moments; std floored at STD_FLOOR so constant dimensions stay finite)
+        -> float32 arrays and the frame count."""
+        out = {}
         for key in ("mel", "motion"):
-            frames = torch.cat([item[key] for item in self._items]).double()  # (sum T, dims)
-            mean = frames.mean(0)
-            std = (frames.pow(2).mean(0) - mean ** 2).clamp(min=0).sqrt().clamp(min=STD_FLOOR)
-            moments[f"{key}_mean"], moments[f"{key}_std"] = mean.float().numpy(), std.float().numpy()
-        return {**moments, "frames": sum(item["mel"].shape[0] for item in self._items)}
+            out[f"{key}_mean"], out[f"{key}_std"], out["frames"] = feature_moments(
+                (item[key] for item in self._items), std_floor=STD_FLOOR)
+        return out

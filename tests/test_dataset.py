@@ -4,7 +4,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import preprocess
-from dataset import MelDataset, collate_fn
+from dataset import MelDataset
+from lm2a.data import collate_fn
 from lm2a.clipio import ClipFileError, load_clip, save_npz_atomic
 from lm2a.motion import resample_to_mel
 from tests.songs import write_song

@@ -8,13 +8,18 @@ import pytest
 import torch
 
 import sample
+from dataset import MelDataset
+from lm2a import SCHEMA_VERSION
+from lm2a import device as D
 from lm2a import generate as G
 from lm2a.checkpoint import CHECKPOINT_KIND, save_checkpoint
 from lm2a.clipio import json_safe
-from lm2a import SCHEMA_VERSION
+from lm2a.data import collate_fn
 from lm2a.lyrics import DEFAULT_TEXT_ENCODER
-from lm2a.melconfig import load_mel_config, mel_config_from_json, mel_config_to_json
+from lm2a.melconfig import MelConfig, load_mel_config
+from lm2a.trained import load_model
 from models.diffusion import SamplingConfig
+from models.unet1d_ultimate import UNet1D_ultimate
 from tests.fakeclips import write_fake_clips
 
 TINY = dict(mel_dim=80, motion_dim=234, lyric_dim=384, base_dim=16, dim_mults=(1, 2), cond_dim=16,
@@ -26,8 +31,6 @@ def make_checkpoint(path, clip_dir, step=7, seed=0):
     """A tiny checkpoint with norm stats of the clips in clip_dir. The weights are perturbed so the
     untrained network (zero-initialised output conv) says something that depends on its inputs;
     the EMA weights are a different perturbation, so EMA and raw weights generate differently."""
-    from dataset import MelDataset
-    from models.unet1d_ultimate import UNet1D_ultimate
     torch.manual_seed(seed)
     model = UNet1D_ultimate(**TINY)
     with torch.no_grad():
@@ -42,7 +45,7 @@ def make_checkpoint(path, clip_dir, step=7, seed=0):
         "diffusion_config": {"timesteps": 50, "beta_schedule": "linear", "objective": "eps"},
         "norm_stats": {k: torch.from_numpy(stats[k]) for k in ("mel_mean", "mel_std", "motion_mean",
                                                                 "motion_std")},
-        "mel_config": load_mel_config(), "text_encoder": {"name": DEFAULT_TEXT_ENCODER, "dim": 384},
+        "mel_config": load_mel_config().to_dict(), "text_encoder": {"name": DEFAULT_TEXT_ENCODER, "dim": 384},
         "step": step, "epoch": 1, "model": model.state_dict(), "ema": ema, "optimizer": {},
         "scheduler": {}, "scaler": None, "rng": {}, "train_args": {}, "val_loss": None,
         "best_val_loss": None, "created": "2025-01-01T00:00:00+00:00", "torch_version": str(torch.__version__),
@@ -69,7 +72,7 @@ def generate_for_files(diffusion, info, paths, **settings):
 
 
 def gen_mels(setup, use_ema=True, **kw):
-    diffusion, info = G.load_model(setup["ckpt"], "cpu", use_ema=use_ema)
+    diffusion, info = load_model(setup["ckpt"], "cpu", use_ema=use_ema)
     kw = dict(dict(sampler="ddim", steps=3, eta=0.0, guidance=2.0, seed=0, batch_size=2), **kw)
     results, skipped = generate_for_files(diffusion, info, setup["clips"], **kw)
     assert skipped == []
@@ -91,13 +94,13 @@ def test_writes_one_gen_npz_and_png_per_clip(setup, capsys):
             assert str(g["sampler"]) == "dpm++" and int(g["steps"]) == 3 and float(g["eta"]) == 0.0
             assert float(g["guidance"]) == 1.5 and int(g["seed"]) == 11 and bool(g["use_ema"])
             # the default precision "auto" is recorded as what ran on this CPU
-            assert str(g["precision"]) == ("bf16" if G.native_bf16("cpu") else "fp32")
+            assert str(g["precision"]) == ("bf16" if D.native_bf16("cpu") else "fp32")
             assert int(g["ckpt_step"]) == 7  # the folder's newest checkpoint
             assert str(g["ckpt_path"]).endswith("step_00000007.pt")
             assert str(g["source_npz"]) == str(clip.resolve())
             assert str(g["song"]) == str(c["song"]) and float(g["start_s"]) == float(c["start_s"])
             assert str(g["lyric_text"]) == str(c["lyric_text"])
-            assert mel_config_from_json(g["mel_config"]) == mel_config_from_json(c["mel_config"])
+            assert MelConfig.parse(g["mel_config"]) == MelConfig.parse(c["mel_config"])
             assert int(g["sr"]) == 22050 and int(g["hop_length"]) == 256
             # the log-mel convention: raw values around the clips' own range, not normalised ones
             assert abs(float(g["mel"].mean()) - float(c["mel"].mean())) < 5.0
@@ -120,20 +123,19 @@ def test_seeded_and_every_setting_changes_the_output(setup):
     assert not np.allclose(base, gen_mels(setup, use_ema=False))    # --no_ema: raw weights
     # a clip's noise is its own: batch size and the other clips do not change its mel
     np.testing.assert_allclose(base, gen_mels(setup, batch_size=3), atol=1e-4)
-    diffusion, info = G.load_model(setup["ckpt"], "cpu")
+    diffusion, info = load_model(setup["ckpt"], "cpu")
     alone, _ = generate_for_files(diffusion, info, setup["clips"][1:2], sampler="ddim", steps=3, seed=0)
     np.testing.assert_allclose(alone[0]["mel"], base[1], atol=1e-4)
     # the per-clip loop is GaussianDiffusion.sample with per-clip noise: identical for one clip
-    from dataset import collate_fn
     batch = collate_fn(G.load_clips(setup["clips"][:1], info)[0])
     for sampler, eta in (("ddpm", 0.0), ("ddim", 0.5)):
-        cfg = SamplingConfig(sampler=sampler, steps=4, eta=eta, guidance=2.0)
+        cfg = SamplingConfig(sampler=sampler, steps=4, eta=eta, guidance=2.0, precision="fp32")
         ours = G.generate(diffusion, batch, cfg, [G.make_generator(5)])
         ref = diffusion.sample(batch["motion"], batch["lyrics"], batch["lyric_pad_mask"], settings=cfg,
                                generator=G.make_generator(5))
         np.testing.assert_allclose(ours, ref.numpy(), atol=1e-5)
     # unconditional: the conditions are dropped, so swapping them between clips changes nothing
-    diffusion, info = G.load_model(setup["ckpt"], "cpu")
+    diffusion, info = load_model(setup["ckpt"], "cpu")
     items, _ = G.load_clips(setup["clips"][:2], info)
     swapped = [dict(items[0], motion=items[1]["motion"], lyrics=items[1]["lyrics"]), items[1]]
     cfg = SamplingConfig(steps=3, guidance=0.0, seed=0, batch_size=2)
@@ -148,19 +150,18 @@ def test_seeded_and_every_setting_changes_the_output(setup):
 
 def test_precision_auto_is_bf16_only_where_the_device_has_it(setup, monkeypatch):
     auto = SamplingConfig(precision="auto", sampler="ddim", steps=2, guidance=2.0, seed=0, batch_size=2)
-    monkeypatch.setattr(G, "_cpu_flags", lambda: frozenset({"fpu", "avx2", "avx512_bf16"}))
-    assert G.native_bf16("cpu") and G.resolve_precision(auto, "cpu").precision == "bf16"
-    monkeypatch.setattr(G, "_cpu_flags", lambda: frozenset({"fpu", "avx2", "avx512f"}))
-    assert not G.native_bf16("cpu") and G.resolve_precision(auto, "cpu").precision == "fp32"
+    monkeypatch.setattr(D, "cpu_flags", lambda: frozenset({"fpu", "avx2", "avx512_bf16"}))
+    assert D.native_bf16("cpu") and D.resolve_precision(auto, "cpu").precision == "bf16"
+    monkeypatch.setattr(D, "cpu_flags", lambda: frozenset({"fpu", "avx2", "avx512f"}))
+    assert not D.native_bf16("cpu") and D.resolve_precision(auto, "cpu").precision == "fp32"
     for fixed in ("fp32", "bf16"):  # an explicit choice is kept
-        assert G.resolve_precision(SamplingConfig(precision=fixed), "cpu").precision == fixed
-    assert G.resolve_precision(auto, "cpu").steps == 2
+        assert D.resolve_precision(SamplingConfig(precision=fixed), "cpu").precision == fixed
+    assert D.resolve_precision(auto, "cpu").steps == 2
     with pytest.raises(ValueError, match="unknown precision"):
         SamplingConfig(precision="fp16")
-    diffusion, info = G.load_model(setup["ckpt"], "cpu")
-    from dataset import collate_fn
+    diffusion, info = load_model(setup["ckpt"], "cpu")
     batch = collate_fn(G.load_clips(setup["clips"][:1], info)[0])
-    with pytest.raises(ValueError, match="resolve_precision"):  # the model never guesses the device's
+    with pytest.raises(ValueError, match='resolves "auto"'):  # the model never guesses the device's
         diffusion.sample(batch["motion"], batch["lyrics"], batch["lyric_pad_mask"], settings=auto)
     # through generate_for_items auto runs (as fp32 here, the flags say no bf16) and records fp32
     out = G.generate_for_items(diffusion, info, G.load_clips(setup["clips"][:1], info)[0], auto,
@@ -187,7 +188,7 @@ def test_no_ema_flag_and_max_clips(setup):
 
 def test_clips_of_other_lengths_get_their_own_batches(setup, tmp_path):
     short = write_fake_clips(tmp_path, n=2, mel_frames=32, seed=9, text_encoder=DEFAULT_TEXT_ENCODER)
-    diffusion, info = G.load_model(setup["ckpt"], "cpu")
+    diffusion, info = load_model(setup["ckpt"], "cpu")
     paths = [setup["clips"][0], short[0], short[1], setup["clips"][1]]
     results, _ = generate_for_files(diffusion, info, paths, steps=2, batch_size=8)
     assert [r["mel"].shape[1] for r in results] == [MEL_FRAMES, 32, 32, MEL_FRAMES]
@@ -195,7 +196,7 @@ def test_clips_of_other_lengths_get_their_own_batches(setup, tmp_path):
 
 
 def test_refuses_clips_of_another_mel_config_or_text_encoder(setup, tmp_path, capsys):
-    other_cfg = dict(load_mel_config(), fmax=8000, fmax_resolved=8000.0, name="fmax8k")
+    other_cfg = dict(load_mel_config().to_dict(), fmax=8000, fmax_resolved=8000.0, name="fmax8k")
     bad = write_fake_clips(tmp_path / "bad", n=1, mel_frames=MEL_FRAMES, seed=5, mel_config=other_cfg,
                            text_encoder=DEFAULT_TEXT_ENCODER)[0]
     out = tmp_path / "gen"
@@ -207,8 +208,8 @@ def test_refuses_clips_of_another_mel_config_or_text_encoder(setup, tmp_path, ca
     assert "fmax: 8000.0 (clip) vs 11025.0 (checkpoint)" in err
     assert not out.exists() or not list(out.glob("*_gen.npz"))
 
-    _, info = G.load_model(setup["ckpt"], "cpu")
-    problems = G.compatibility_problems("x.npz", mel_config_to_json(load_mel_config()), "roberta-base",
+    _, info = load_model(setup["ckpt"], "cpu")
+    problems = G.compatibility_problems("x.npz", load_mel_config().to_json(), "roberta-base",
                                              768, info)
     assert len(problems) == 1 and "'roberta-base' (768-dim) (clip)" in problems[0]
     assert G.compatibility_problems("x.npz", load_mel_config(), DEFAULT_TEXT_ENCODER, 384, info) == []
