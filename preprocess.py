@@ -12,6 +12,7 @@ import argparse
 import csv
 import io
 import json
+import multiprocessing as mp
 import os
 import re
 import sys
@@ -21,14 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
 
-from lm2a import DEFAULT_VOCODER_CONFIG, MOTION_DIM, SCHEMA_VERSION
-from lm2a.audio import AudioFileError, compute_mel, load_audio, n_mel_frames
+from lm2a import DEFAULT_VOCODER_CONFIG, SCHEMA_VERSION
+from lm2a.audio import AudioFileError, compute_mel, load_audio
 from lm2a.clipio import CLIP_NAME_SEP, clip_name, is_clip_file, save_npz_atomic, write_text_atomic
-from lm2a.lyrics import DEFAULT_TEXT_ENCODER, encoder_display_name
-from lm2a.melconfig import load_mel_config, mel_config_to_json
-from lm2a.motion import (MotionFileError, clip_frame_range, clip_motion_features, fill_nearest,
-                         load_smpl_json)
+from lm2a.device import pick_device
+from lm2a.lyrics import DEFAULT_TEXT_ENCODER, LyricEncoder, encoder_display_name
+from lm2a.melconfig import load_mel_config
+from lm2a.motion import MotionFileError, clip_frame_range, song_motion
+from lm2a.stats import feature_moments
 # the lyric timeline and the motion time origin rule live in lm2a.timeline (shared with lm2a/longform.py)
 from lm2a.timeline import MOTION_T0_RULES, motion_t0_seconds, read_lyric_timeline
 
@@ -125,8 +128,9 @@ def clips_to_write(info):
 # ---- per-song work (runs in worker processes) --------------------------------------------------
 def process_song(info, lyric_table, mel_cfg, text_encoder_name, out_clips, seconds, fps):
     """Audio, mel and motion for the clips of one song that are not written yet; writes their npz.
-    -> dict(written=[clip rows], skipped=[(name, reason)], skip=song reason or None, timings,
-    motion repair counts of the song and [(clip name, repaired frames)] of the written clips)."""
+    mel_cfg: a MelConfig. -> dict(written=[clip rows], skipped=[(name, reason)], skip=song reason or
+    None, timings, motion repair counts of the song and [(clip name, repaired frames)] of the
+    written clips)."""
     res = {"song": info["song"], "written": [], "skipped": [], "skip": None,
            "t_audio": 0.0, "t_mel": 0.0, "t_motion": 0.0, "t_write": 0.0,
            "motion_frames_repaired": 0, "motion_nonfinite_values": 0, "motion_missing_frames": 0,
@@ -135,55 +139,68 @@ def process_song(info, lyric_table, mel_cfg, text_encoder_name, out_clips, secon
     todo = clips_to_write(info)
     if not todo:
         return res
-    d = Path(info["dir"])
-    sr, hop = mel_cfg["sampling_rate"], mel_cfg["hop_size"]
-    n_samples = int(round(seconds * sr))
-    n_frames = int(round(seconds * fps))
     try:
-        t = time.perf_counter()
-        poses, n_missing = load_smpl_json(d / "smplfull.json")
-        bad_frames = ~np.isfinite(poses).all(axis=1)  # missing or NaN/inf: counted per clip
-        poses, frames_fixed, values_fixed = fill_nearest(poses)
-        res["t_motion"] += time.perf_counter() - t
-        res.update(motion_missing_frames=n_missing, motion_frames_repaired=frames_fixed,
-                   motion_nonfinite_values=values_fixed - n_missing * poses.shape[1])
-        t = time.perf_counter()
-        wav, _ = load_audio(d / "audio.wav", sr)
-        res["t_audio"] += time.perf_counter() - t
+        motion, wav = read_song(Path(info["dir"]), mel_cfg.sampling_rate, res)
     except (MotionFileError, AudioFileError, OSError, ValueError) as e:
         res["skip"] = str(e)
         return res
-    keep, starts, frame_starts = [], [], []
-    audio_end, motion_end = len(wav) / sr, info["t0"] + len(poses) / fps
+    keep = covered_clips(todo, info, motion, len(wav), mel_cfg.sampling_rate, seconds, fps, res)
+    if keep:
+        write_clips(keep, info, motion, wav, lyric_table, mel_cfg, text_encoder_name, out_clips, seconds,
+                    fps, res)
+    return res
+
+
+def _timed(res, key, fn, *args):
+    """fn(*args), its seconds added to res[key]."""
+    t = time.perf_counter()
+    out = fn(*args)
+    res[key] += time.perf_counter() - t
+    return out
+
+
+def read_song(song_dir, sr, res):
+    """The song's motion (lm2a.motion.SongMotion, repaired) and its audio at sr; repair counts and
+    timings go into res. Raises MotionFileError / AudioFileError naming the file."""
+    motion = _timed(res, "t_motion", song_motion, song_dir / "smplfull.json")
+    res.update(motion_missing_frames=motion.missing_frames, motion_frames_repaired=motion.frames_repaired,
+               motion_nonfinite_values=motion.nonfinite_values)
+    wav, _ = _timed(res, "t_audio", load_audio, song_dir / "audio.wav", sr)
+    return motion, wav
+
+
+def covered_clips(todo, info, motion, n_samples_song, sr, seconds, fps, res):
+    """The clips of `todo` that audio and motion cover, as [(clip, first sample, first motion frame)];
+    the others go to res["skipped"] with the reason."""
+    n_samples = int(round(seconds * sr))
+    keep = []
     for c in todo:
         s0 = int(round(c["start_s"] * sr))
         fs, fe = clip_frame_range(c["start_s"], info["t0"], seconds, fps)
-        if s0 + n_samples > len(wav):
-            res["skipped"].append((c["name"], f"audio ends at {audio_end:.3f} s, clip needs "
+        problem = motion.span_problem(fs, fe, info["t0"], fps)
+        if s0 + n_samples > n_samples_song:
+            res["skipped"].append((c["name"], f"audio ends at {n_samples_song / sr:.3f} s, clip needs "
                                               f"{c['start_s']:.3f}-{c['end_s']:.3f} s"))
-        elif fs < 0:
-            res["skipped"].append((c["name"], f"clip starts {-fs} motion frames before motion frame 0 "
-                                              f"(--motion_t0 {info['motion_t0']}: frame 0 at "
-                                              f"{info['t0']:.3f} s)"))
-        elif fe > len(poses):
-            res["skipped"].append((c["name"], f"motion ends at frame {len(poses)} ({motion_end:.3f} s), "
-                                              f"clip needs frames {fs}-{fe}"))
+        elif problem:
+            res["skipped"].append((c["name"], f"clip {problem}; --motion_t0 {info['motion_t0']}"))
         else:
-            keep.append(c)
-            starts.append(s0)
-            frame_starts.append(fs)
-    if not keep:
-        return res
+            keep.append((c, s0, fs))
+    return keep
+
+
+def write_clips(keep, info, motion, wav, lyric_table, mel_cfg, text_encoder_name, out_clips, seconds, fps,
+                res):
+    """Mels (one batched call) and motion features (one batched call) of the covered clips; writes
+    each clip's npz and its manifest row into res."""
+    sr = mel_cfg.sampling_rate
+    n_samples, n_frames = int(round(seconds * sr)), int(round(seconds * fps))
+    idx = np.asarray([s0 for _, s0, _ in keep])[:, None] + np.arange(n_samples)[None, :]  # (N, samples)
+    mels = _timed(res, "t_mel", compute_mel, wav[idx], mel_cfg)  # (N, 80, T)
+    frame_starts = [fs for _, _, fs in keep]
+    feats, repaired = _timed(res, "t_motion", motion.clip_features, frame_starts, n_frames, fps)  # (N, F, 234)
     t = time.perf_counter()
-    idx = np.asarray(starts)[:, None] + np.arange(n_samples)[None, :]
-    mels = compute_mel(wav[idx], mel_cfg)  # (N, 80, T)
-    res["t_mel"] += time.perf_counter() - t
-    t = time.perf_counter()
-    feats, repaired = clip_motion_features(poses, bad_frames, frame_starts, n_frames, fps)
-    res["t_motion"] += time.perf_counter() - t
-    t = time.perf_counter()
-    mel_json = mel_config_to_json(mel_cfg)
-    for c, mel, feat, fs, nrep in zip(keep, mels, feats, frame_starts, repaired):
+    mel_json = mel_cfg.to_json()
+    for (c, _, fs), mel, feat, nrep in zip(keep, mels, feats, repaired):
         tokens, pooled = lyric_table[c["lyric_text"]]
         save_npz_atomic(
             out_clips / f"{c['name']}.npz",
@@ -191,7 +208,7 @@ def process_song(info, lyric_table, mel_cfg, text_encoder_name, out_clips, secon
             lyric_text=np.str_(c["lyric_text"]), song=np.str_(info["song"]), year=np.str_(info["year"]),
             start_s=np.float64(c["start_s"]), end_s=np.float64(c["end_s"]),
             frame_start=np.int64(fs), frame_end=np.int64(fs + n_frames),
-            sr=np.int64(sr), hop_length=np.int64(hop), fps=np.int64(fps),
+            sr=np.int64(sr), hop_length=np.int64(mel_cfg.hop_size), fps=np.int64(fps),
             mel_config=np.str_(mel_json), text_encoder=np.str_(text_encoder_name),
             schema_version=np.int64(SCHEMA_VERSION), motion_repaired_frames=np.int64(nrep),
         )
@@ -203,7 +220,6 @@ def process_song(info, lyric_table, mel_cfg, text_encoder_name, out_clips, secon
         if nrep:
             res["motion_repaired_clips"].append((c["name"], int(nrep)))
     res["t_write"] += time.perf_counter() - t
-    return res
 
 
 def _process_song_star(args):
@@ -221,17 +237,17 @@ def _worker_ready():
 
 
 # ---- stats, manifest, report --------------------------------------------------------------------
-def motion_stats(paths):
-    """Per-dimension mean, std and frame count of `motion` over clip files (float64 sums)."""
-    n, s, ss = 0, np.zeros(MOTION_DIM), np.zeros(MOTION_DIM)
+def _clip_motions(paths):
     for p in paths:
         with np.load(p) as z:
-            m = z["motion"].astype(np.float64)
-        n, s, ss = n + len(m), s + m.sum(0), ss + (m * m).sum(0)
-    mean = s / max(n, 1)
-    std = np.sqrt(np.maximum(ss / max(n, 1) - mean ** 2, 0.0))
-    return {"mean": mean.astype(np.float32), "std": std.astype(np.float32), "count": np.int64(n),
-            "clips": np.int64(len(paths))}
+            yield z["motion"]  # (frames, 234)
+
+
+def motion_stats(paths):
+    """Per-dimension mean, std and frame count of `motion` over clip files (lm2a.stats.feature_moments,
+    one file in memory at a time)."""
+    mean, std, count = feature_moments(_clip_motions(paths))
+    return {"mean": mean, "std": std, "count": np.int64(count), "clips": np.int64(len(paths))}
 
 
 MANIFEST_COLUMNS = ("name", "song", "year", "start_s", "end_s", "frame_start", "frame_end",
@@ -310,58 +326,39 @@ def build_parser():
     return p
 
 
-def run(args):
-    """Runs stage 1; returns the report dict (also written to OUT/preprocess_report.json)."""
-    from tqdm import tqdm
+def start_workers(workers, n_songs):
+    """A pool of spawned worker processes that start (and import torch/bigvgan) while the main
+    process encodes the text, and their warm-up futures; (None, []) for one worker or one song."""
+    if workers <= 1 or n_songs <= 1:
+        return None, []
+    n = min(workers, n_songs)
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+    return pool, [pool.submit(_worker_ready) for _ in range(n)]
 
-    t_start = time.perf_counter()
-    out_dir = Path(args.out_dir)
-    out_clips = out_dir / "clips"
-    mel_cfg = load_mel_config(args.vocoder_config)
-    songs, ignored = find_songs(args.data_root)
-    out_clips.mkdir(parents=True, exist_ok=True)
 
-    for info in songs:
-        plan_song(info, out_clips, args.seconds, args.motion_t0)
-    usable = [s for s in songs if "skip" not in s]
-    n_expected = n_mel_frames(int(round(args.seconds * mel_cfg["sampling_rate"])), mel_cfg)
-
-    # worker processes start (and import torch/bigvgan) while the main process encodes the text
-    pool = None
-    if args.workers > 1 and len(usable) > 1:
-        import multiprocessing as mp
-        pool = ProcessPoolExecutor(max_workers=min(args.workers, len(usable)),
-                                   mp_context=mp.get_context("spawn"), initializer=_worker_init)
-        warm = [pool.submit(_worker_ready) for _ in range(min(args.workers, len(usable)))]
-
-    # text: distinct lines of the clips still to write, encoded in batches (never one per clip)
-    lines = sorted({c["lyric_text"] for s in usable for c in clips_to_write(s)})
+def encode_lyrics(usable, args):
+    """The distinct lines of the clips still to write, encoded in batches (never one per clip).
+    -> (lyric table {line: (tokens (L, D), pooled (D,))}, text_dim or None, text encoder name,
+    lines encoded, seconds)."""
     t = time.perf_counter()
-    lyric_table, text_dim = {}, None
-    text_name = encoder_display_name(args.text_encoder)
-    if lines:
-        from lm2a import pick_device
-        from lm2a.lyrics import LyricEncoder
-        enc = LyricEncoder(args.text_encoder, device=str(pick_device(args.device)),
-                           batch_size=args.text_batch)
-        tokens, pooled = enc.encode(lines)
-        lyric_table = {line: (tok, pool_) for line, tok, pool_ in zip(lines, tokens, pooled)}
-        text_dim, text_name = enc.dim, enc.name
-        del enc
-    t_text = time.perf_counter() - t
+    lines = sorted({c["lyric_text"] for s in usable for c in clips_to_write(s)})
+    if not lines:
+        return {}, None, encoder_display_name(args.text_encoder), 0, time.perf_counter() - t
+    enc = LyricEncoder(args.text_encoder, device=str(pick_device(args.device)), batch_size=args.text_batch)
+    tokens, pooled = enc.encode(lines)
+    table = {line: (tok, pool_) for line, tok, pool_ in zip(lines, tokens, pooled)}
+    return table, enc.dim, enc.name, len(lines), time.perf_counter() - t
 
+
+def run_songs(jobs, pool, warm, quiet):
+    """process_song over the jobs, in the pool when there is one. -> the results (completion order)."""
     results = []
-    jobs = [(s, {c["lyric_text"]: lyric_table[c["lyric_text"]] for c in clips_to_write(s)},
-             mel_cfg, text_name, out_clips, args.seconds, args.fps) for s in usable]
-    # biggest songs first so that no worker is left with a long song at the end
-    jobs.sort(key=lambda j: -len(clips_to_write(j[0])))
-    bar = tqdm(total=len(jobs), desc="songs", unit="song", disable=args.quiet or not jobs)
+    bar = tqdm(total=len(jobs), desc="songs", unit="song", disable=quiet or not jobs)
     if pool is not None:
         with pool:
             for w in warm:
                 w.result()
-            futures = [pool.submit(_process_song_star, j) for j in jobs]
-            for f in as_completed(futures):
+            for f in as_completed([pool.submit(_process_song_star, j) for j in jobs]):
                 results.append(f.result())
                 bar.update()
     else:
@@ -369,55 +366,83 @@ def run(args):
             results.append(process_song(*j))
             bar.update()
     bar.close()
+    return results
 
-    # report
-    by_song = {r["song"]: r for r in results}
+
+def skipped_and_ignored(songs, usable, results, ignored):
+    """-> (songs skipped, clips skipped, ignored paths (stray files in song folders added)) for the report."""
+    dirs = {s["song"]: s["dir"] for s in songs}
+    failed = {r["song"] for r in results if r["skip"]}
     songs_skipped = [{"song": s["song"], "dir": s["dir"], "reason": s["skip"]} for s in songs if "skip" in s]
-    songs_skipped += [{"song": r["song"], "dir": next(s["dir"] for s in songs if s["song"] == r["song"]),
-                       "reason": r["skip"]} for r in results if r["skip"]]
+    songs_skipped += [{"song": r["song"], "dir": dirs[r["song"]], "reason": r["skip"]} for r in results if r["skip"]]
     clips_skipped = [{"clip": n, "reason": why} for r in results for n, why in r["skipped"]]
-    for s in songs:
-        if s["song"] in by_song and by_song[s["song"]]["skip"]:
-            clips_skipped += [{"clip": c["name"], "reason": "song skipped"} for c in clips_to_write(s)]
-    for s in usable:
-        for extra in s["stray"]:
-            ignored.append({"path": str(Path(s["dir"]) / extra), "reason": "stray file in song folder"})
-    key_warnings = [{"song": s["song"], "problem": w} for s in songs for w in s.get("key_warnings", [])]
+    clips_skipped += [{"clip": c["name"], "reason": "song skipped"}
+                      for s in songs if s["song"] in failed for c in clips_to_write(s)]
+    ignored = ignored + [{"path": str(Path(s["dir"]) / extra), "reason": "stray file in song folder"}
+                         for s in usable for extra in s["stray"]]
+    return songs_skipped, clips_skipped, ignored
+
+
+def write_outputs(out_dir, usable, results):
+    """manifest.csv and motion_stats.npz over every clip of this run's songs (new and existing); other
+    files in clips/ (from another root) are left out so the stats describe exactly the manifest.
+    -> (clips written now, clips already there)."""
+    out_clips = out_dir / "clips"
     written = [row for r in results for row in r["written"]]
     existing_paths = [out_clips / f"{c['name']}.npz" for s in usable for c in s["clips"] if c["exists"]]
     manifest_rows = written + [manifest_row_from_npz(p) for p in existing_paths]
     all_clip_paths = sorted(out_clips / f"{r['name']}.npz" for r in manifest_rows)
-
-    # motion stats over every clip of this run's songs (new and existing); other files in clips/
-    # (from another root) are left out so the stats describe exactly the manifest
-    stats = motion_stats(all_clip_paths) if all_clip_paths else None
-    if stats is not None:
-        save_npz_atomic(out_dir / "motion_stats.npz", **stats)
+    if all_clip_paths:
+        save_npz_atomic(out_dir / "motion_stats.npz", **motion_stats(all_clip_paths))
     write_manifest(out_dir / "manifest.csv", manifest_rows)
-    strays_in_clips = [p.name for p in out_clips.iterdir() if p.is_file() and not is_clip_file(p)]
+    return len(written), len(existing_paths)
+
+
+def run(args):
+    """Runs stage 1; returns the report dict (also written to OUT/preprocess_report.json)."""
+    t_start = time.perf_counter()
+    out_dir = Path(args.out_dir)
+    out_clips = out_dir / "clips"
+    mel_cfg = load_mel_config(args.vocoder_config)
+    songs, ignored = find_songs(args.data_root)
+    out_clips.mkdir(parents=True, exist_ok=True)
+    for info in songs:
+        plan_song(info, out_clips, args.seconds, args.motion_t0)
+    usable = [s for s in songs if "skip" not in s]
+
+    pool, warm = start_workers(args.workers, len(usable))
+    lyric_table, text_dim, text_name, n_lines, t_text = encode_lyrics(usable, args)
+    jobs = [(s, {c["lyric_text"]: lyric_table[c["lyric_text"]] for c in clips_to_write(s)},
+             mel_cfg, text_name, out_clips, args.seconds, args.fps) for s in usable]
+    jobs.sort(key=lambda j: -len(clips_to_write(j[0])))  # biggest songs first: no long song left at the end
+    results = run_songs(jobs, pool, warm, args.quiet)
+
+    songs_skipped, clips_skipped, ignored = skipped_and_ignored(songs, usable, results, ignored)
+    n_written, n_existing = write_outputs(out_dir, usable, results)
     seconds = time.perf_counter() - t_start
     sums = lambda k: round(sum(r[k] for r in results), 3)  # noqa: E731
     report = {
         "data_root": str(Path(args.data_root).resolve()), "out_dir": str(out_dir.resolve()),
         "settings": {"seconds": args.seconds, "fps": args.fps, "motion_t0": args.motion_t0,
-                     "mel_config": mel_cfg, "mel_frames": n_expected, "text_encoder": text_name,
-                     "text_dim": text_dim, "workers": args.workers, "schema_version": SCHEMA_VERSION},
+                     "mel_config": mel_cfg.to_dict(), "mel_frames": mel_cfg.frames_for_seconds(args.seconds),
+                     "text_encoder": text_name, "text_dim": text_dim, "workers": args.workers,
+                     "schema_version": SCHEMA_VERSION},
         "songs_seen": len(songs),
         "songs_used": len(usable) - sum(1 for r in results if r["skip"]),
         "songs_skipped": songs_skipped,
         "clips_seen": sum(len(s["clips"]) for s in songs),
-        "clips_written": len(written),
-        "clips_existing": len(existing_paths),
+        "clips_written": n_written,
+        "clips_existing": n_existing,
         "clips_skipped": clips_skipped,
-        "lyric_keys_skipped": key_warnings,
+        "lyric_keys_skipped": [{"song": s["song"], "problem": w} for s in songs for w in s.get("key_warnings", [])],
         "ignored": ignored,
-        "stray_files_in_clips_dir": strays_in_clips,
+        "stray_files_in_clips_dir": [p.name for p in out_clips.iterdir() if p.is_file() and not is_clip_file(p)],
         "motion_repairs": motion_repairs(results),
-        "lyric_lines_encoded": len(lines),
+        "lyric_lines_encoded": n_lines,
         "timings_s": {"total": round(seconds, 3), "text_encoding": round(t_text, 3),
                       "audio_load": sums("t_audio"), "mel": sums("t_mel"), "motion": sums("t_motion"),
                       "write": sums("t_write")},
-        "clips_per_s": round(len(written) / seconds, 3) if seconds > 0 else None,
+        "clips_per_s": round(n_written / seconds, 3) if seconds > 0 else None,
     }
     write_text_atomic(out_dir / "preprocess_report.json", json.dumps(report, indent=2))
     return report

@@ -4,6 +4,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from lm2a.clipio import atomic_file
+from lm2a.melconfig import MelConfig
+
 
 class AudioFileError(ValueError):
     pass
@@ -21,7 +24,7 @@ def load_audio(path, target_sr):
         raise AudioFileError(f"{path}: no samples")
     wav = wav.mean(axis=1)
     if sr != target_sr:
-        import librosa
+        import librosa  # heavy (numba): only when a file is not at the mel's rate
         wav = librosa.resample(wav, orig_sr=sr, target_sr=target_sr, res_type="soxr_hq")
     if not np.isfinite(wav).all():
         raise AudioFileError(f"{path}: NaN/inf samples")
@@ -32,24 +35,18 @@ def load_audio(path, target_sr):
 
 def compute_mel(wavs, cfg, device="cpu"):
     """wavs (B, N) or (N,) float32 -> log-mel (B, num_mels, frames) float32 numpy, computed by
-    bigvgan.meldataset.get_mel_spectrogram with the vocoder config's hparams (one batched call)."""
+    bigvgan.meldataset.get_mel_spectrogram with the hparams of `cfg` (a MelConfig; one batched call)."""
+    # torch and bigvgan are heavy: stage 1's worker processes import them once, other users never
     import torch
     from bigvgan.meldataset import get_mel_spectrogram
-    from lm2a.melconfig import as_attrdict
 
     x = torch.as_tensor(np.asarray(wavs, dtype=np.float32), device=device)
     squeeze = x.ndim == 1
     if squeeze:
         x = x[None]
     with torch.inference_mode():
-        mel = get_mel_spectrogram(x, as_attrdict(cfg)).cpu().numpy()
+        mel = get_mel_spectrogram(x, MelConfig.parse(cfg).hparams()).cpu().numpy()
     return mel[0] if squeeze else mel
-
-
-def n_mel_frames(n_samples, cfg):
-    """Frames bigvgan's mel gives for n samples (reflect pad (n_fft-hop)/2 each side, center=False)."""
-    pad = (cfg["n_fft"] - cfg["hop_size"]) // 2
-    return (n_samples + 2 * pad - cfg["n_fft"]) // cfg["hop_size"] + 1
 
 
 def peak_limited(wav):
@@ -62,7 +59,6 @@ def peak_limited(wav):
 
 def write_wav(path, wav, sr):
     """16-bit PCM wav of peak_limited(wav), written atomically -> path."""
-    from lm2a.clipio import atomic_file
     with atomic_file(path) as f:
         sf.write(f, np.clip(peak_limited(wav), -1.0, 1.0), int(sr), subtype="PCM_16", format="WAV")
     return Path(path)

@@ -7,9 +7,8 @@ nearest frame), then the clip's frames are cut out and turned into features.
 """
 from pathlib import Path
 
-import numpy as np
-
-from lm2a.motion import clip_frame_range, clip_motion_features, fill_nearest, load_smpl_json
+from lm2a.lyrics import LyricEncoder
+from lm2a.motion import clip_frame_range, song_motion
 
 
 class ConditionError(ValueError):
@@ -27,25 +26,14 @@ def conditions_from_raw(smpl_json_path, lyric_text, start_s, seconds=6.0, fps=30
     `encoder`: an lm2a.lyrics.LyricEncoder to reuse; else one is built from `text_encoder`.
     Raises ConditionError when the motion does not cover the clip (MotionFileError on a bad file)."""
     path = Path(smpl_json_path)
-    poses, _ = load_smpl_json(path)  # (F, 78), NaN rows for missing frames
-    bad_frames = ~np.isfinite(poses).all(axis=1)
-    poses, _, _ = fill_nearest(poses)
+    motion = song_motion(path)
     frame_start, frame_end = clip_frame_range(start_s, t0_s, seconds, fps)
-    n_frames = frame_end - frame_start
-    if frame_start < 0:
-        raise ConditionError(
-            f"{path}: the clip starting at {start_s:.3f} s begins {-frame_start} motion frames before "
-            f"motion frame 0 (at --motion_t0 {t0_s:.3f} s); pick a later --start or the right --motion_t0")
-    if frame_end > len(poses):
-        raise ConditionError(
-            f"{path}: motion ends at frame {len(poses)} ({t0_s + len(poses) / fps:.3f} s in song time), "
-            f"the clip {start_s:.3f}-{start_s + seconds:.3f} s needs frames {frame_start}-{frame_end}; "
-            f"pick an earlier --start or check --motion_t0")
-    features, repaired = clip_motion_features(poses, bad_frames, [frame_start], n_frames, fps)
-
-    if encoder is None:
-        from lm2a.lyrics import LyricEncoder
-        encoder = LyricEncoder(text_encoder)
+    problem = motion.span_problem(frame_start, frame_end, t0_s, fps)
+    if problem:
+        raise ConditionError(f"{path}: the clip {start_s:.3f}-{start_s + seconds:.3f} s {problem}; pick "
+                             f"another --start or check --motion_t0 (the song time of motion frame 0)")
+    features, repaired = motion.clip_features([frame_start], frame_end - frame_start, fps)
+    encoder = encoder or LyricEncoder(text_encoder)
     tokens, pooled = encoder.encode([str(lyric_text)])
     return {
         "motion": features[0],                      # (frames, 234)

@@ -4,14 +4,14 @@ Feature layout (DESIGN.md): [pose 78 | velocity 78 | acceleration 78], pose = 72
 (24 joints x 3) + Th 3 + Rh 3, lightly smoothed in time; derivatives in units/s and units/s^2.
 """
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from lm2a import MOTION_DIM, POSE_DIM  # 234 = 3 x 78, named once in lm2a/__init__.py
+from models.layout import JOINT_DIMS, MOTION_DIM, N_JOINTS, POSE_DIM, RH, TH, VELOCITY
 
-N_JOINTS = 24  # SMPL body joints: the first 3 * N_JOINTS pose values are their axis-angles
 SMOOTH_SIGMA = 1.0  # frames; light Gaussian smoothing before differentiating
 
 
@@ -49,9 +49,9 @@ def parse_smpl_json(data, path="smplfull.json"):
             continue
         a = annots[0]
         try:
-            vec = np.concatenate([_first(a["poses"], 72, "poses", key, path),
-                                  _first(a["Th"], 3, "Th", key, path),
-                                  _first(a["Rh"], 3, "Rh", key, path)])
+            vec = np.concatenate([_first(a["poses"], JOINT_DIMS, "poses", key, path),
+                                  _first(a["Th"], TH.stop - TH.start, "Th", key, path),
+                                  _first(a["Rh"], RH.stop - RH.start, "Rh", key, path)])
         except (KeyError, TypeError) as e:
             raise MotionFileError(f"{path}: frame {key}: missing or malformed {e}") from e
         frames[idx] = vec
@@ -144,7 +144,7 @@ def joint_angular_speeds(motion_feats):
     motion_feats = np.asarray(motion_feats)
     if motion_feats.ndim < 2 or motion_feats.shape[-1] < 2 * POSE_DIM:
         raise ValueError(f"motion features must be (frames, {MOTION_DIM}), got {motion_feats.shape}")
-    vel = motion_feats[..., POSE_DIM:POSE_DIM + 3 * N_JOINTS]
+    vel = motion_feats[..., VELOCITY][..., :JOINT_DIMS]  # (..., F, 72) joint axis-angle rates
     return np.linalg.norm(vel.reshape(*vel.shape[:-1], N_JOINTS, 3), axis=-1)
 
 
@@ -171,3 +171,51 @@ def clip_motion_features(poses_filled, bad_frames, frame_starts, n_frames, fps):
     -> (features (N, n_frames, 234) float32, repaired frames per clip (N,) int)."""
     idx = np.asarray(frame_starts, dtype=np.int64)[:, None] + np.arange(n_frames)[None, :]
     return motion_features(poses_filled[idx], fps), bad_frames[idx].sum(1)
+
+
+# ---- a song's motion, read once: the one path from smplfull.json to clip features ---------------
+@dataclass(frozen=True)
+class SongMotion:
+    """A song's motion as every stage reads it (stage 1, sample.py --motion, whole dances)."""
+    path: Path
+    poses: np.ndarray        # (F, 78) float64, finite: missing / NaN frames filled from the nearest
+    bad_frames: np.ndarray   # (F,) bool: frames that were missing or held NaN/inf (counted per clip)
+    missing_frames: int      # frame numbers absent from the file (or with no person)
+    frames_repaired: int     # frames filled (missing ones included)
+    nonfinite_values: int    # NaN/inf values in the frames present
+
+    def __len__(self):
+        return len(self.poses)
+
+    def span_problem(self, frame_start, frame_end, t0_s, fps):
+        """Why motion frames [frame_start, frame_end) are not all in this motion (None when they are);
+        the caller names the clip and adds its own hint. Motion frame 0 is at t0_s in song time."""
+        if frame_start < 0:
+            return (f"starts {-frame_start} motion frames before motion frame 0 (at {t0_s:.3f} s in "
+                    f"song time)")
+        if frame_end > len(self):
+            return (f"needs motion frames {frame_start}-{frame_end} but motion ends at frame {len(self)} "
+                    f"({t0_s + len(self) / fps:.3f} s in song time)")
+        return None
+
+    def clip_features(self, frame_starts, n_frames, fps):
+        """Clips of n_frames at frame_starts (each inside the motion), featurised on their own frames
+        as stage 1 does. -> (features (N, n_frames, 234) float32, repaired frames per clip (N,) int)."""
+        return clip_motion_features(self.poses, self.bad_frames, frame_starts, n_frames, fps)
+
+    def span_features(self, frame_start, frame_end, fps):
+        """Features of frames [frame_start, frame_end) computed over the WHOLE motion (one smoothing and
+        one derivative, no clip edges: whole-dance generation). -> (features (frames, 234) float32,
+        repaired frames in the span)."""
+        features = motion_features(self.poses, fps)[frame_start:frame_end]
+        return features, int(self.bad_frames[frame_start:frame_end].sum())
+
+
+def song_motion(path) -> SongMotion:
+    """smplfull.json -> its SongMotion: parsed, missing or non-finite frames marked and repaired.
+    Raises MotionFileError naming the file."""
+    poses, n_missing = load_smpl_json(path)  # (F, 78), NaN rows for missing frames
+    bad_frames = ~np.isfinite(poses).all(axis=1)
+    filled, frames_fixed, values_fixed = fill_nearest(poses)
+    return SongMotion(path=Path(path), poses=filled, bad_frames=bad_frames, missing_frames=n_missing,
+                      frames_repaired=frames_fixed, nonfinite_values=values_fixed - n_missing * POSE_DIM)

@@ -197,4 +197,4 @@ def test_clip_before_motion_frame_0_is_skipped_with_the_motion_t0_used(tmp_path)
     info["clips"][0]["start_s"] = 0.5  # before the first lyric key: only a hand-made plan does this
     res = preprocess.process_song(info, {}, load_mel_config(), "enc", tmp_path / "clips", 6.0, 30)
     assert res["skipped"] == [("s__00001000", "clip starts 15 motion frames before motion frame 0 "
-                                              "(--motion_t0 first_lyric: frame 0 at 1.000 s)")]
+                                              "(at 1.000 s in song time); --motion_t0 first_lyric")]
