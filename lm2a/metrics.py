@@ -1,7 +1,8 @@
 """Evaluation metrics for generated log-mel spectrograms (used by val.py).
 
 Every mel here is a BigVGAN log-mel: natural log of the magnitude mel, clamped at 1e-5
-(`bigvgan.meldataset.get_mel_spectrogram`), shape (80, T), 22050 Hz, hop 256 -> 86.13 frames/s.
+(`bigvgan.meldataset.get_mel_spectrogram`), shape (80, T); its rate, hop and STFT size come from the
+clip's lm2a.melconfig.MelConfig, which the onset and beat functions take (`mel_config`).
 Motion is the stage-1 feature array (F, 234) = [pose 78 | velocity 78 | acceleration 78] at 30 fps.
 
 Per clip (real vs generated mel of the same clip): mse, ssim, cosine_similarity, mean_error,
@@ -16,11 +17,9 @@ import math
 
 import numpy as np
 
+from lm2a.melconfig import MelConfig
 from lm2a.motion import joint_speed
 
-SR = 22050              # sample rate of the mels (vocoder config)
-HOP = 256               # hop length in samples -> SR / HOP = 86.13 mel frames per second
-N_FFT = 1024            # STFT size of the mels; sets the onset-envelope centring shift (N_FFT // (2 HOP) frames)
 TOP_DB = 80.0           # dB range kept below each mel's maximum before onset analysis (as librosa.power_to_db)
 DB_PER_NEPER = 20.0 / math.log(10.0)  # natural-log magnitude -> dB: 20 log10(e) = 8.6859 dB per unit
 ONSET_TOL_S = 0.05      # onsets closer than this (seconds) match (mir_eval's default window)
@@ -122,14 +121,16 @@ def mel_to_db(log_mel, top_db: float = TOP_DB) -> np.ndarray:
     return db
 
 
-def onset_envelope(log_mel, sr: int = SR, hop: int = HOP, n_fft: int = N_FFT) -> np.ndarray:
-    """Spectral-flux onset strength (T,) of a log-mel: librosa.onset.onset_strength on the dB mel
-    (mean over bins of the positive frame-to-frame dB increase), shifted by n_fft // (2 hop) frames
-    (center=True) so that envelope frame i belongs to time i * hop / sr. With the vocoder's
-    n_fft=1024 that shift puts onsets of real drum hits within ~2 ms of their sample time."""
-    import librosa
+def mel_onset_envelope(log_mel, mel_config: MelConfig) -> np.ndarray:
+    """Spectral-flux onset strength (T,) of a log-mel (not a waveform: lm2a.rhythm.wav_onset_envelope):
+    librosa.onset.onset_strength on the dB mel (mean over bins of the positive frame-to-frame dB
+    increase), shifted by n_fft // (2 hop) frames (center=True) so that envelope frame i belongs to
+    time i * hop / sr. With the vocoder's n_fft=1024, hop 256 that shift puts onsets of real drum hits
+    within ~2 ms of their sample time."""
+    import librosa  # heavy (numba): only the onset metrics need it
     db = mel_to_db(log_mel)
-    return librosa.onset.onset_strength(S=db, sr=sr, hop_length=hop, n_fft=n_fft, center=True)
+    return librosa.onset.onset_strength(S=db, sr=mel_config.sampling_rate, hop_length=mel_config.hop_size,
+                                        n_fft=mel_config.n_fft, center=True)
 
 
 def peak_pick(x, pre_max: int, post_max: int, pre_avg: int, post_avg: int, delta: float,
@@ -174,17 +175,24 @@ def normalized_peaks(envelope, **peaks) -> np.ndarray:
     return peak_pick(env, **peaks)
 
 
-def detect_onsets(envelope, sr: int = SR, hop: int = HOP) -> np.ndarray:
+def detect_onsets(envelope, mel_config: MelConfig) -> np.ndarray:
     """librosa.onset.onset_detect(onset_envelope=envelope, units='frames') with its defaults:
-    envelope scaled to [0, 1], 30 ms local-max window, 100 ms mean window, delta 0.07, 30 ms wait."""
+    envelope scaled to [0, 1], 30 ms local-max window, 100 ms mean window, delta 0.07, 30 ms wait
+    (in frames of the mel's hop)."""
+    sr, hop = mel_config.sampling_rate, mel_config.hop_size
     return normalized_peaks(envelope, pre_max=0.03 * sr // hop, post_max=0.00 * sr // hop + 1,
                             pre_avg=0.10 * sr // hop, post_avg=0.10 * sr // hop + 1,
                             delta=0.07, wait=0.03 * sr // hop)
 
 
-def onset_frames(log_mel, sr: int = SR, hop: int = HOP) -> np.ndarray:
+def onset_frames(log_mel, mel_config: MelConfig) -> np.ndarray:
     """Onset frame indices (int) of a log-mel (80, T); time of frame i is i * hop / sr seconds."""
-    return detect_onsets(onset_envelope(log_mel, sr, hop), sr, hop)
+    return detect_onsets(mel_onset_envelope(log_mel, mel_config), mel_config)
+
+
+def onset_times(log_mel, mel_config: MelConfig) -> np.ndarray:
+    """Onset times (s) of a log-mel (80, T): onset_frames * hop / sr."""
+    return onset_frames(log_mel, mel_config) * mel_config.hop_size / mel_config.sampling_rate
 
 
 def match_events(ref_times, est_times, tol_s: float = ONSET_TOL_S) -> int:
@@ -218,14 +226,12 @@ def prf(ref_times, est_times, tol_s: float = ONSET_TOL_S) -> dict:
     return dict(precision=precision, recall=recall, f1=f1)
 
 
-def onset_f1(real, gen, sr: int = SR, hop: int = HOP, tol_s: float = ONSET_TOL_S) -> dict:
-    """Onset agreement of the generated mel with the real one: onsets of both (onset_frames),
+def onset_f1(real, gen, mel_config: MelConfig, tol_s: float = ONSET_TOL_S) -> dict:
+    """Onset agreement of the generated mel with the real one: onsets of both (onset_times),
     matched one-to-one within tol_s seconds; dict(precision, recall, f1) with the real onsets as
     reference."""
     real, gen = _mel_pair(real, gen)
-    ref = onset_frames(real, sr, hop) * hop / sr
-    est = onset_frames(gen, sr, hop) * hop / sr
-    return prf(ref, est, tol_s)
+    return prf(onset_times(real, mel_config), onset_times(gen, mel_config), tol_s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,9 +254,9 @@ def motion_beats(motion, fps: int = MOTION_FPS, min_gap_s: float = BEAT_MIN_GAP_
     return frames / float(fps)
 
 
-def audio_beats(gen_log_mel, sr: int = SR, hop: int = HOP) -> np.ndarray:
-    """Onset peak times (s) of a log-mel (80, T): onset_frames * hop / sr."""
-    return onset_frames(gen_log_mel, sr, hop) * hop / sr
+def audio_beats(gen_log_mel, mel_config: MelConfig) -> np.ndarray:
+    """The audio beats of the beat alignment: the onset times (s) of a log-mel (80, T)."""
+    return onset_times(gen_log_mel, mel_config)
 
 
 def gaussian_hit_mean(points, targets, sigma: float) -> float:
@@ -280,13 +286,14 @@ def beat_alignment(motion_beat_times, audio_beat_times, sigma_s: float = BEAT_SI
 # one clip, all metrics
 
 
-def clip_metrics(real, gen, motion=None, sr: int = SR, hop: int = HOP, fps: int = MOTION_FPS) -> dict:
-    """All per-clip metrics of a generated log-mel against the real one (and the clip's motion):
-    mse, ssim, cosine, mean_error, std_error, snr_db, lsd_db, onset_precision, onset_recall,
-    onset_f1, and beat_align (motion beats vs onsets of the generated mel) when motion is given."""
+def clip_metrics(real, gen, mel_config: MelConfig, motion=None, fps: int = MOTION_FPS) -> dict:
+    """All per-clip metrics of a generated log-mel against the real one (both of `mel_config`) and
+    the clip's motion: mse, ssim, cosine, mean_error, std_error, snr_db, lsd_db, onset_precision,
+    onset_recall, onset_f1, and beat_align (motion beats vs onsets of the generated mel) when motion
+    is given."""
     real, gen = _mel_pair(real, gen)
-    gen_onsets = onset_frames(gen, sr, hop) * hop / sr
-    onsets = prf(onset_frames(real, sr, hop) * hop / sr, gen_onsets)
+    gen_onsets = onset_times(gen, mel_config)
+    onsets = prf(onset_times(real, mel_config), gen_onsets)
     row = dict(mse=mse(real, gen), ssim=ssim(real, gen), cosine=cosine_similarity(real, gen),
                mean_error=mean_error(real, gen), std_error=std_error(real, gen),
                snr_db=snr(real, gen), lsd_db=log_spectral_distance(real, gen),

@@ -39,9 +39,11 @@ import numpy as np
 from lm2a.metrics import gaussian_hit_mean, normalized_peaks
 from lm2a.motion import joint_speed
 
-PAPER_SR = 22050        # librosa.load's default rate: every script analyses audio at 22050 Hz
-ONSET_HOP = 512         # librosa's default hop for onset_strength / onset_detect (23.2 ms at 22050 Hz)
-# peak-picking parameters (frames of ONSET_HOP) passed to librosa.onset.onset_detect by each script
+# The papers' analysis protocol, NOT our mel config: their scripts librosa.load every wav at librosa's
+# default 22050 Hz and detect onsets with librosa's default hop 512, whatever the vocoder's rate and hop.
+PAPER_SR = 22050          # librosa.load's default rate: every script analyses audio at 22050 Hz
+PAPER_ONSET_HOP = 512     # librosa's default hop for onset_strength / onset_detect (23.2 ms at 22050 Hz)
+# peak-picking parameters (frames of PAPER_ONSET_HOP) passed to librosa.onset.onset_detect by each script
 D2M_PEAKS = dict(pre_max=1, post_max=1, pre_avg=1, post_avg=1, delta=0.2, wait=1)
 LORIS_PEAKS = dict(pre_max=3, post_max=3, pre_avg=3, post_avg=3, delta=0.2, wait=1)
 # STFT edge padding of the onset envelope: librosa >= 0.10 pads with zeros ("constant"), the librosa
@@ -117,13 +119,14 @@ def to_paper_rate(wav, sr: int) -> np.ndarray:
     return wav
 
 
-def onset_envelope(wav, sr: int = PAPER_SR, pad_mode: str = ONSET_PAD_MODE) -> np.ndarray:
-    """librosa.onset.onset_strength(y, sr=22050) with librosa's defaults (hop 512, n_fft 2048,
+def wav_onset_envelope(wav, sr: int = PAPER_SR, pad_mode: str = ONSET_PAD_MODE) -> np.ndarray:
+    """Onset strength of a waveform (not a log-mel: lm2a.metrics.mel_onset_envelope):
+    librosa.onset.onset_strength(y, sr=22050) with librosa's defaults (hop 512, n_fft 2048,
     128-band mel in dB, lag 1, centred; STFT edges padded with `pad_mode`, see ONSET_PAD_MODE):
     (1 + n_samples // 512,) float32; frame f is at f * 512 / 22050 s."""
     import librosa
     y = to_paper_rate(wav, sr)
-    return librosa.onset.onset_strength(y=y, sr=PAPER_SR, hop_length=ONSET_HOP, pad_mode=pad_mode)
+    return librosa.onset.onset_strength(y=y, sr=PAPER_SR, hop_length=PAPER_ONSET_HOP, pad_mode=pad_mode)
 
 
 def pick_onsets(envelope, peaks: dict) -> np.ndarray:
@@ -138,7 +141,7 @@ def onset_times_from_audio(wav, sr: int = PAPER_SR, peaks: dict = D2M_PEAKS) -> 
     """Onset times (s) of a waveform: librosa.onset.onset_detect(y, sr=22050, units='time', **peaks),
     the call of D2M-GAN's (peaks=D2M_PEAKS) and LORIS's (peaks=LORIS_PEAKS) beats_scores.py.
     A waveform at another rate is first resampled to 22050 Hz, as their librosa.load did."""
-    return pick_onsets(onset_envelope(wav, sr), peaks) * ONSET_HOP / PAPER_SR
+    return pick_onsets(wav_onset_envelope(wav, sr), peaks) * PAPER_ONSET_HOP / PAPER_SR
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,8 +263,8 @@ def audio_rhythm(wav, sr: int = PAPER_SR, fps: float = MOTION_FPS) -> dict:
     """What the scores need from one waveform, computed once (a real clip serves several reference
     rows): duration_s (at 22050 Hz), onsets_d2m and onsets_loris (s), music_beats_aist (s)."""
     y = to_paper_rate(wav, sr)
-    env = onset_envelope(y, PAPER_SR)
-    to_s = ONSET_HOP / PAPER_SR
+    env = wav_onset_envelope(y, PAPER_SR)
+    to_s = PAPER_ONSET_HOP / PAPER_SR
     return dict(duration_s=len(y) / PAPER_SR,
                 onsets_d2m=pick_onsets(env, D2M_PEAKS) * to_s,
                 onsets_loris=pick_onsets(env, LORIS_PEAKS) * to_s,
@@ -281,14 +284,6 @@ def rhythm_scores(real: dict, gen: dict, motion=None, fps: float = MOTION_FPS) -
             real["onsets_loris"], gen["onsets_loris"], duration, rate)
     row["bas_aist"] = (aist_bas(motion, gen["music_beats_aist"], fps) if motion is not None else math.nan)
     return {k: row[k] for k in RHYTHM_KEYS}
-
-
-def rhythm_metrics(real_wav, gen_wav, motion=None, sr: int = PAPER_SR, fps: float = MOTION_FPS) -> dict:
-    """All rhythm scores of a generated waveform against the real one (same vocoder for both) and the
-    clip's motion features: {key: float} for every key of RHYTHM_KEYS (see METRIC_SOURCES).
-    Reference rows come from the same call: chance = another clip's real audio as gen_wav; real audio
-    against its own motion = real_wav as gen_wav; shuffled motion = another clip's motion."""
-    return rhythm_scores(audio_rhythm(real_wav, sr, fps), audio_rhythm(gen_wav, sr, fps), motion, fps)
 
 
 def summarize_rhythm(rows) -> dict:

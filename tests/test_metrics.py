@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from lm2a import metrics as M
+from lm2a.melconfig import load_mel_config
 
-SR, HOP, FPS = 22050, 256, 30
+CFG = load_mel_config()     # the default vocoder's mel: 22050 Hz, hop 256, n_fft 1024
+SR, HOP, FPS = CFG.sampling_rate, CFG.hop_size, 30
 T = 516                     # mel frames of a 6 s clip
 FLOOR = -8.0                # log-mel floor of the synthetic mels (about -69 dB)
-CENTER_SHIFT = 1024 // (2 * HOP)   # onset frames land this many frames after a stripe (centred flux)
+CENTER_SHIFT = CFG.n_fft // (2 * HOP)   # onset frames land this many frames after a stripe (centred flux)
 
 
 def striped_mel(frames, rng, n_frames=T, floor=FLOOR, noise=0.05, level=0.0):
@@ -34,7 +36,7 @@ def random_mel(rng, n_frames=T):
 
 def test_identical_mels_give_perfect_scores():
     mel = random_mel(np.random.default_rng(0))
-    row = M.clip_metrics(mel, mel.copy())
+    row = M.clip_metrics(mel, mel.copy(), CFG)
     assert row["mse"] == 0.0
     assert row["ssim"] == pytest.approx(1.0)
     assert row["cosine"] == pytest.approx(1.0)
@@ -42,7 +44,7 @@ def test_identical_mels_give_perfect_scores():
     assert row["mean_error"] == 0.0 and row["std_error"] == 0.0
     assert row["snr_db"] == math.inf
     assert row["onset_f1"] == 1.0 and row["onset_precision"] == 1.0 and row["onset_recall"] == 1.0
-    assert len(M.onset_frames(mel)) > 0          # the 1.0 is earned, not the 'both empty' rule
+    assert len(M.onset_frames(mel, CFG)) > 0          # the 1.0 is earned, not the 'both empty' rule
     assert set(row) == {"mse", "ssim", "cosine", "mean_error", "std_error", "snr_db", "lsd_db",
                         "onset_precision", "onset_recall", "onset_f1"}
 
@@ -84,21 +86,21 @@ STRIPES = np.arange(20, 500, 40)          # 12 stripes, 40 frames (0.46 s) apart
 
 def test_onsets_found_at_stripes():
     mel = striped_mel(STRIPES, np.random.default_rng(3))
-    np.testing.assert_array_equal(M.onset_frames(mel), STRIPES + CENTER_SHIFT)
+    np.testing.assert_array_equal(M.onset_frames(mel, CFG), STRIPES + CENTER_SHIFT)
 
 
 def test_onset_f1_all_matched_within_tolerance():
     rng = np.random.default_rng(4)
     real = striped_mel(STRIPES, rng)
-    assert M.onset_f1(real, striped_mel(STRIPES, rng))["f1"] == 1.0           # other floor noise
-    assert M.onset_f1(real, striped_mel(STRIPES + 4, rng))["f1"] == 1.0       # 46.4 ms late
-    assert M.onset_f1(real, striped_mel(STRIPES - 4, rng))["f1"] == 1.0
+    assert M.onset_f1(real, striped_mel(STRIPES, rng), CFG)["f1"] == 1.0           # other floor noise
+    assert M.onset_f1(real, striped_mel(STRIPES + 4, rng), CFG)["f1"] == 1.0       # 46.4 ms late
+    assert M.onset_f1(real, striped_mel(STRIPES - 4, rng), CFG)["f1"] == 1.0
 
 
 def test_onset_f1_shift_of_100ms_matches_nothing():
     rng = np.random.default_rng(5)
     real = striped_mel(STRIPES, rng)
-    result = M.onset_f1(real, striped_mel(STRIPES + 9, rng))                   # 104.5 ms late
+    result = M.onset_f1(real, striped_mel(STRIPES + 9, rng), CFG)                   # 104.5 ms late
     assert result == dict(precision=0.0, recall=0.0, f1=0.0)
 
 
@@ -106,11 +108,11 @@ def test_onset_f1_half_matched():
     rng = np.random.default_rng(6)
     real = striped_mel(STRIPES, rng)
     gen_frames = np.concatenate([STRIPES[:6], STRIPES[6:] + 9])
-    result = M.onset_f1(real, striped_mel(gen_frames, rng))
+    result = M.onset_f1(real, striped_mel(gen_frames, rng), CFG)
     assert result["precision"] == 0.5 and result["recall"] == 0.5 and result["f1"] == 0.5
     # 6 of 12 real onsets found, 6 extra ones invented elsewhere: P = 6/8, R = 6/12
     extra = np.concatenate([STRIPES[:6], [270, 350]])
-    result = M.onset_f1(real, striped_mel(extra, rng))
+    result = M.onset_f1(real, striped_mel(extra, rng), CFG)
     assert result["precision"] == pytest.approx(6 / 8)
     assert result["recall"] == pytest.approx(6 / 12)
     assert result["f1"] == pytest.approx(2 * 0.75 * 0.5 / 1.25)
@@ -119,9 +121,9 @@ def test_onset_f1_half_matched():
 def test_onset_f1_empty_cases():
     flat = np.full((80, T), FLOOR)
     striped = striped_mel(STRIPES, np.random.default_rng(7))
-    assert M.onset_f1(flat, flat)["f1"] == 1.0
-    assert M.onset_f1(flat, striped) == dict(precision=0.0, recall=0.0, f1=0.0)
-    assert M.onset_f1(striped, flat) == dict(precision=0.0, recall=0.0, f1=0.0)
+    assert M.onset_f1(flat, flat, CFG)["f1"] == 1.0
+    assert M.onset_f1(flat, striped, CFG) == dict(precision=0.0, recall=0.0, f1=0.0)
+    assert M.onset_f1(striped, flat, CFG) == dict(precision=0.0, recall=0.0, f1=0.0)
 
 
 def test_match_events_is_a_maximum_matching():
@@ -171,7 +173,7 @@ def test_onset_times_of_real_clicks_through_bigvgan_mel():
         s = int(t * SR)
         y[s:s + len(decay)] += 0.3 * rng.standard_normal(len(decay)) * decay
     mel = get_mel_spectrogram(torch.tensor(y, dtype=torch.float32)[None], h).numpy()[0]
-    times = M.audio_beats(mel)
+    times = M.audio_beats(mel, CFG)
     assert len(times) == len(hits)
     assert np.max(np.abs(times - hits)) < 0.012
 
@@ -238,11 +240,11 @@ def test_clip_metrics_beat_align_with_matching_onsets():
     beats = M.motion_beats(motion)
     frames = np.round(beats * SR / HOP).astype(int) - CENTER_SHIFT
     gen = striped_mel(frames, rng)
-    row = M.clip_metrics(striped_mel(frames, rng), gen, motion=motion)
+    row = M.clip_metrics(striped_mel(frames, rng), gen, CFG, motion=motion)
     assert row["beat_align"] > 0.98
     # onsets on the off-beats: half a period (0.25 s) away from every motion beat
     off = striped_mel(np.round((beats + 0.25) * SR / HOP).astype(int) - CENTER_SHIFT, rng)
-    assert M.clip_metrics(gen, off, motion=motion)["beat_align"] < 0.05
+    assert M.clip_metrics(gen, off, CFG, motion=motion)["beat_align"] < 0.05
 
 
 # --------------------------------------------------------------------------- set level
