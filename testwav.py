@@ -8,7 +8,7 @@ The vocoder is a BigVGAN folder (config.json + bigvgan_generator.pt), a bare nam
 Hugging Face hub id, or `griffinlim`. A mel whose mel_config differs from the vocoder's config.json is
 refused. Without BigVGAN weights the script falls back to Griffin-Lim and says so. A mel longer than
 --chunk_seconds (a whole dance, sample.py --song) goes through BigVGAN in chunks, each with
-CONTEXT_FRAMES of mel on both sides that are vocoded and dropped, so memory stays that of one chunk
+lm2a.vocoder.CONTEXT_FRAMES of mel on both sides that are vocoded and dropped, so memory stays that of one chunk
 and the joins are inaudible (BigVGAN is convolutional: its receptive field is far shorter than the context).
 """
 import argparse
@@ -17,8 +17,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from lm2a.audio import write_wav
+from lm2a.clipio import ClipFileError, load_clip
+from lm2a.device import pick_device
+from lm2a.melconfig import MelConfig, load_mel_config
+from lm2a.vocoder import (MelConfigMismatch, VocoderUnavailable, batches_by_length, check_mel_compat, griffin_lim,
+                          load_bigvgan, resolve_vocoder_dir, vocode, vocode_long)
 
 # ---- defaults of the command-line flags ----
 NPZ = None  # one .npz file to vocode (or give NPZ_DIR)
@@ -29,10 +35,23 @@ DEVICE = "auto"  # auto -> cuda when present, else cpu
 BATCH_SIZE = 8  # mels of equal length vocoded together by BigVGAN
 GL_ITERS = 64  # Griffin-Lim iterations (explicit griffinlim or fallback)
 CHUNK_SECONDS = 30.0  # BigVGAN: longer mels are vocoded in chunks of this length (0 = never)
-CONTEXT_FRAMES = 64  # mel frames vocoded on each side of a chunk and dropped (0.74 s at hop 256)
 MAX_LISTED = 10  # refused files listed one per line before "... and N more"
 
 GRIFFINLIM = "griffinlim"
+
+
+
+
+class UsageError(Exception):
+    """Bad input files or flags: main prints the message and returns 1."""
+
+
+class Refused(Exception):
+    """Mels whose mel_config does not match the vocoder: main lists them and returns 2."""
+
+    def __init__(self, mismatches):
+        super().__init__(f"{len(mismatches)} mel config mismatches")
+        self.mismatches = mismatches
 
 
 def list_mel_files(npz_dir):
@@ -42,28 +61,44 @@ def list_mel_files(npz_dir):
     return sorted(p for p in d.glob("*.npz") if p.is_file() and not p.name.startswith((".", "_")))
 
 
+def input_files(args):
+    """The .npz files of --npz / --npz_dir. Raises UsageError naming the file or folder."""
+    if args.batch_size < 1:
+        raise UsageError("--batch_size must be >= 1")
+    if args.npz:
+        if not Path(args.npz).is_file():
+            raise UsageError(f"{args.npz}: no such file")
+        return [Path(args.npz)]
+    if not args.npz_dir:
+        raise UsageError("give --npz FILE or --npz_dir DIR (or set NPZ / NPZ_DIR at the top)")
+    try:
+        files = list_mel_files(args.npz_dir)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
+    if not files:
+        raise UsageError(f"{args.npz_dir}: no .npz files")
+    return files
+
+
 def read_mel_config(path):
-    """-> mel config dict stored in the npz, or None when the file carries none or cannot be read
+    """-> the MelConfig stored in the npz, or None when the file carries none or cannot be read
     (an unreadable file is reported when its mel is read)."""
-    from lm2a.melconfig import mel_config_from_json
     try:
         with np.load(path, allow_pickle=False) as z:
             if "mel_config" not in z.files:
                 return None
-            return mel_config_from_json(z["mel_config"])
+            return MelConfig.parse(z["mel_config"], where=f"{path}: mel_config")
     except Exception:
         return None
 
 
 def read_mel(path):
     """-> (80, T) float32 log-mel; raises ClipFileError naming the file and what is wrong."""
-    from lm2a.clipio import load_clip
     return load_clip(path, keys=("mel",))["mel"]
 
 
 def find_mismatches(files, vocoder_cfg, vocoder_name):
     """-> list of messages for files whose mel_config differs from the vocoder's config.json."""
-    from lm2a.vocoder import MelConfigMismatch, check_mel_compat
     out, unchecked = [], 0
     for f in files:
         cfg = read_mel_config(f)
@@ -79,21 +114,79 @@ def find_mismatches(files, vocoder_cfg, vocoder_name):
     return out
 
 
-def vocode_long(mel, model, chunk_frames, context_frames=CONTEXT_FRAMES):
-    """(80, T) log-mel -> (T * hop,) float32 wav through BigVGAN, `chunk_frames` at a time (each with
-    context_frames of mel on both sides, vocoded and dropped); one call when T <= chunk_frames."""
-    from lm2a.vocoder import vocode
-    n_frames = mel.shape[1]
-    if chunk_frames <= 0 or n_frames <= chunk_frames:
-        return vocode(mel[None], model)[0]
-    pieces = []
-    for a in range(0, n_frames, chunk_frames):
-        b = min(a + chunk_frames, n_frames)
-        lo, hi = max(a - context_frames, 0), min(b + context_frames, n_frames)
-        wav = vocode(mel[None, :, lo:hi], model)[0]
-        hop = len(wav) // (hi - lo)
-        pieces.append(wav[(a - lo) * hop:(b - lo) * hop])
-    return np.concatenate(pieces)
+def _check(files, vocoder_cfg, vocoder_name):
+    mismatches = find_mismatches(files, vocoder_cfg, vocoder_name)
+    if mismatches:
+        raise Refused(mismatches)
+
+
+def open_vocoder(args, files, device):
+    """-> (BigVGAN model or None for Griffin-Lim, the vocoder's MelConfig or None, label for the
+    summary). Missing weights fall back to Griffin-Lim and say so. Raises Refused when a file's
+    mel_config differs from the vocoder's (checked before loading weights when the config is local)."""
+    if args.vocoder == GRIFFINLIM:
+        return None, None, GRIFFINLIM
+    local = resolve_vocoder_dir(args.vocoder)
+    checked = local is not None and (local / "config.json").is_file()
+    if checked:  # refuse a mismatch before spending seconds on loading the weights
+        _check(files, load_mel_config(local), args.vocoder)
+    try:
+        model, vocoder_cfg = load_bigvgan(args.vocoder, device)
+        label = f"BigVGAN {args.vocoder} on {device}"
+    except VocoderUnavailable as e:
+        model, vocoder_cfg = None, e.mel_cfg
+        label = f"{GRIFFINLIM} (fallback: no weights for {args.vocoder})"
+        print(f"testwav: {e}")
+        print(f"testwav: falling back to Griffin-Lim ({args.gl_iters} iterations): expect phasey, "
+              f"metallic audio; with BigVGAN weights the same mels sound right")
+    if vocoder_cfg is not None and not checked:
+        _check(files, vocoder_cfg, args.vocoder)
+    return model, vocoder_cfg, label
+
+
+def griffin_lim_file(path, mel, vocoder_cfg, out_dir, gl_iters):
+    """One mel through Griffin-Lim on the vocoder's mel config, else the file's, else the default."""
+    cfg = vocoder_cfg or read_mel_config(path)
+    if cfg is None:
+        cfg = load_mel_config()
+        tqdm.write(f"{path}: no mel_config key; inverting with the default {cfg.name} settings")
+    write_wav(out_dir / f"{path.stem}.wav", griffin_lim(mel, cfg, n_iter=gl_iters), cfg.sampling_rate)
+
+
+def vocode_files(files, model, vocoder_cfg, out_dir, args):
+    """Writes <stem>.wav of every readable file: BigVGAN mels of equal length in batches
+    (lm2a.vocoder.batches_by_length), a mel longer than --chunk_seconds alone in chunks, Griffin-Lim
+    one by one. -> (read, wrote, skipped)."""
+    counts = {"read": 0, "wrote": 0, "skipped": 0}
+    chunk_frames = 0
+    if vocoder_cfg is not None:
+        chunk_frames = int(round(args.chunk_seconds * vocoder_cfg.sampling_rate / vocoder_cfg.hop_size))
+
+    def batchable():  # yields the mels for batched BigVGAN; writes the others on the way
+        for path in tqdm(files, desc="testwav", unit="file"):
+            try:
+                mel = read_mel(path)  # (80, T)
+            except ClipFileError as e:
+                tqdm.write(f"skip {e}")
+                counts["skipped"] += 1
+                continue
+            counts["read"] += 1
+            if model is None:
+                griffin_lim_file(path, mel, vocoder_cfg, out_dir, args.gl_iters)
+            elif 0 < chunk_frames < mel.shape[1]:  # a whole dance: alone, in chunks
+                write_wav(out_dir / f"{path.stem}.wav", vocode_long(mel, model, chunk_frames),
+                          vocoder_cfg.sampling_rate)
+            else:
+                yield path, mel
+                continue
+            counts["wrote"] += 1
+
+    for batch in batches_by_length(batchable(), args.batch_size):
+        wavs = vocode(np.stack([m for _, m in batch]), model)  # (B, T * hop)
+        for (path, _), wav in zip(batch, wavs):
+            write_wav(out_dir / f"{path.stem}.wav", wav, vocoder_cfg.sampling_rate)
+            counts["wrote"] += 1
+    return counts["read"], counts["wrote"], counts["skipped"]
 
 
 def build_parser():
@@ -116,105 +209,18 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     t0 = time.time()
-    from tqdm import tqdm
-
-    from lm2a import pick_device
-    from lm2a.clipio import ClipFileError
-    from lm2a.melconfig import load_mel_config
-    from lm2a.vocoder import VocoderUnavailable, griffin_lim, load_bigvgan, resolve_vocoder_dir, vocode
-
-    if args.npz:
-        files = [Path(args.npz)]
-        if not files[0].is_file():
-            print(f"testwav: {files[0]}: no such file", file=sys.stderr)
-            return 1
-    elif args.npz_dir:
-        try:
-            files = list_mel_files(args.npz_dir)
-        except FileNotFoundError as e:
-            print(f"testwav: {e}", file=sys.stderr)
-            return 1
-        if not files:
-            print(f"testwav: {args.npz_dir}: no .npz files", file=sys.stderr)
-            return 1
-    else:
-        print("testwav: give --npz FILE or --npz_dir DIR (or set NPZ / NPZ_DIR at the top)", file=sys.stderr)
+    try:
+        files = input_files(args)
+        device = pick_device(args.device)
+        model, vocoder_cfg, vocoder_label = open_vocoder(args, files, device)
+    except UsageError as e:
+        print(f"testwav: {e}", file=sys.stderr)
         return 1
-    if args.batch_size < 1:
-        print("testwav: --batch_size must be >= 1", file=sys.stderr)
-        return 1
-
-    # ---- the vocoder and its mel config ----
-    device = pick_device(args.device)
-    model, vocoder_cfg, vocoder_label = None, None, GRIFFINLIM
-    checked = False
-    if args.vocoder != GRIFFINLIM:
-        local = resolve_vocoder_dir(args.vocoder)
-        if local is not None and (local / "config.json").is_file():
-            # refuse a mismatch before spending seconds on loading the weights
-            mismatches = find_mismatches(files, load_mel_config(local), args.vocoder)
-            if mismatches:
-                return _refuse(mismatches)
-            checked = True
-        try:
-            model, vocoder_cfg = load_bigvgan(args.vocoder, device)
-            vocoder_label = f"BigVGAN {args.vocoder} on {device}"
-        except VocoderUnavailable as e:
-            vocoder_cfg = e.mel_cfg
-            vocoder_label = f"{GRIFFINLIM} (fallback: no weights for {args.vocoder})"
-            print(f"testwav: {e}")
-            print(f"testwav: falling back to Griffin-Lim ({args.gl_iters} iterations): expect phasey, "
-                  f"metallic audio; with BigVGAN weights the same mels sound right")
-    if vocoder_cfg is not None and not checked:
-        mismatches = find_mismatches(files, vocoder_cfg, args.vocoder)
-        if mismatches:
-            return _refuse(mismatches)
-
-    # ---- vocode ----
+    except Refused as e:
+        return _refuse(e.mismatches)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_read = n_wrote = n_skipped = 0
-    buckets = {}  # T -> list of (path, mel (80, T)); equal lengths batch without padding
-    chunk_frames = 0
-    if vocoder_cfg is not None:
-        chunk_frames = int(round(args.chunk_seconds * vocoder_cfg["sampling_rate"] / vocoder_cfg["hop_size"]))
-
-    def flush(frames):
-        nonlocal n_wrote
-        items = buckets.pop(frames)
-        wavs = vocode(np.stack([m for _, m in items]), model)  # (B, T * hop)
-        for (path, _), wav in zip(items, wavs):
-            write_wav(out_dir / f"{path.stem}.wav", wav, vocoder_cfg["sampling_rate"])
-            n_wrote += 1
-
-    for path in tqdm(files, desc="testwav", unit="file"):
-        try:
-            mel = read_mel(path)  # (80, T)
-        except ClipFileError as e:
-            tqdm.write(f"skip {e}")
-            n_skipped += 1
-            continue
-        n_read += 1
-        if model is not None and 0 < chunk_frames < mel.shape[1]:  # a whole dance: alone, in chunks
-            write_wav(out_dir / f"{path.stem}.wav", vocode_long(mel, model, chunk_frames),
-                      vocoder_cfg["sampling_rate"])
-            n_wrote += 1
-            continue
-        if model is not None:
-            buckets.setdefault(mel.shape[1], []).append((path, mel))
-            if len(buckets[mel.shape[1]]) >= args.batch_size:
-                flush(mel.shape[1])
-            continue
-        cfg = vocoder_cfg or read_mel_config(path)
-        if cfg is None:
-            cfg = load_mel_config()
-            tqdm.write(f"{path}: no mel_config key; inverting with the default {cfg['name']} settings")
-        write_wav(out_dir / f"{path.stem}.wav", griffin_lim(mel, cfg, n_iter=args.gl_iters),
-                  cfg["sampling_rate"])
-        n_wrote += 1
-    for frames in list(buckets):
-        flush(frames)
-
+    n_read, n_wrote, n_skipped = vocode_files(files, model, vocoder_cfg, out_dir, args)
     print(f"testwav: read {n_read}, wrote {n_wrote}, skipped {n_skipped}, vocoder {vocoder_label}, "
           f"{time.time() - t0:.1f} s -> {out_dir}")
     return 0 if n_wrote > 0 else 1

@@ -6,19 +6,22 @@ A vocoder is a BigVGAN checkpoint folder `BigVGAN/<name>/` holding `config.json`
 so a mel and a vocoder that disagree are refused by `check_mel_compat` instead of giving noise.
 """
 import contextlib
+import dataclasses
 import io
 import re
 import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lm2a import REPO_ROOT
-from lm2a.melconfig import compare_mel_configs, load_mel_config
+from lm2a.melconfig import MelConfig, load_mel_config
 
 WEIGHTS_FILE = "bigvgan_generator.pt"
 CONFIG_FILE = "config.json"
 BIGVGAN_DIR = REPO_ROOT / "BigVGAN"
+CONTEXT_FRAMES = 64  # vocode_long: mel frames vocoded on each side of a chunk and dropped (0.74 s at hop 256)
 README_HINT = f"see {BIGVGAN_DIR.relative_to(REPO_ROOT) / 'README.md'} for how to get it"
 
 
@@ -77,8 +80,7 @@ def _local_twin_mel_cfg(hub_id):
 
 
 def _build_generator(config_path, weights_path, device):
-    import torch
-    from bigvgan.bigvgan import BigVGAN, load_hparams_from_json
+    from bigvgan.bigvgan import BigVGAN, load_hparams_from_json  # heavy: only when weights are loaded
 
     h = load_hparams_from_json(config_path)
     with warnings.catch_warnings():  # bigvgan builds with the deprecated torch weight_norm
@@ -124,8 +126,7 @@ def load_bigvgan(name_or_dir, device="cpu"):
             raise VocoderUnavailable(f"{weights}: BigVGAN weights missing; {README_HINT}{how}", mel_cfg)
     elif is_hub_id(name_or_dir):
         config, weights = _hub_fetch(str(name_or_dir))
-        mel_cfg = load_mel_config(config)
-        mel_cfg["name"] = str(name_or_dir)
+        mel_cfg = dataclasses.replace(load_mel_config(config), name=str(name_or_dir))
     else:
         raise VocoderUnavailable(
             f"{name_or_dir}: no such BigVGAN folder (looked in ./ and {BIGVGAN_DIR}) and not a hub id "
@@ -135,8 +136,6 @@ def load_bigvgan(name_or_dir, device="cpu"):
 
 def vocode(mel_batch, model):
     """(B, 80, T) log-mel (numpy or tensor) -> float32 numpy (B, T * hop) in [-1, 1]."""
-    import torch
-
     device = next(model.parameters()).device
     mel = torch.as_tensor(np.asarray(mel_batch) if not torch.is_tensor(mel_batch) else mel_batch,
                           dtype=torch.float32, device=device)
@@ -147,11 +146,43 @@ def vocode(mel_batch, model):
     return wav.squeeze(1).float().cpu().numpy()
 
 
+def vocode_long(mel, model, chunk_frames, context_frames=CONTEXT_FRAMES):
+    """(80, T) log-mel -> (T * hop,) float32 wav through BigVGAN, `chunk_frames` at a time (each with
+    context_frames of mel on both sides, vocoded and dropped: BigVGAN is convolutional, its receptive
+    field is far shorter than the context, so the joins are inaudible and memory stays that of one
+    chunk); one call when T <= chunk_frames."""
+    n_frames = mel.shape[1]
+    if chunk_frames <= 0 or n_frames <= chunk_frames:
+        return vocode(mel[None], model)[0]
+    pieces = []
+    for a in range(0, n_frames, chunk_frames):
+        b = min(a + chunk_frames, n_frames)
+        lo, hi = max(a - context_frames, 0), min(b + context_frames, n_frames)
+        wav = vocode(mel[None, :, lo:hi], model)[0]
+        hop = len(wav) // (hi - lo)
+        pieces.append(wav[(a - lo) * hop:(b - lo) * hop])
+    return np.concatenate(pieces)
+
+
+def batches_by_length(items, batch_size):
+    """items: an iterable of (key, mel (80, T)) -> yields lists of up to batch_size of them with one T
+    (equal lengths batch without padding), in input order within a length; a batch is yielded as soon
+    as it is full, the partial ones at the end, so at most batch_size mels per length are held."""
+    buckets = {}
+    for key, mel in items:
+        bucket = buckets.setdefault(mel.shape[-1], [])
+        bucket.append((key, mel))
+        if len(bucket) >= batch_size:
+            yield buckets.pop(mel.shape[-1])
+    yield from buckets.values()
+
+
 def mel_filterbank(mel_cfg):
     """The filterbank of bigvgan.meldataset.mel_spectrogram: librosa slaney mel, fmax None -> sr/2."""
-    import librosa
-    return librosa.filters.mel(sr=mel_cfg["sampling_rate"], n_fft=mel_cfg["n_fft"],
-                               n_mels=mel_cfg["num_mels"], fmin=mel_cfg["fmin"], fmax=mel_cfg["fmax"])
+    import librosa  # heavy (numba): only Griffin-Lim needs it
+    cfg = MelConfig.parse(mel_cfg)
+    return librosa.filters.mel(sr=cfg.sampling_rate, n_fft=cfg.n_fft, n_mels=cfg.num_mels, fmin=cfg.fmin,
+                               fmax=cfg.fmax)
 
 
 def griffin_lim(log_mel, mel_cfg, n_iter=64, seed=0, nnls_refine=50):
@@ -159,18 +190,19 @@ def griffin_lim(log_mel, mel_cfg, n_iter=64, seed=0, nnls_refine=50):
     BigVGAN frames a signal by reflect-padding (n_fft - hop) / 2 on both sides and an uncentred STFT,
     so frame t covers padded samples [t * hop, t * hop + n_fft); we run Griffin-Lim uncentred on that
     padded time axis and cut the pad off, which puts every frame back where it came from."""
-    import librosa
+    import librosa  # heavy (numba): only Griffin-Lim needs it
 
+    cfg = MelConfig.parse(mel_cfg)
     log_mel = np.asarray(log_mel, dtype=np.float32)
-    n_fft, hop, win = mel_cfg["n_fft"], mel_cfg["hop_size"], mel_cfg["win_size"]
+    n_fft, hop, win = cfg.n_fft, cfg.hop_size, cfg.win_size
     frames = log_mel.shape[-1]
     mel_mag = np.exp(log_mel)  # (80, T) magnitude mel
     stft_mag = librosa.feature.inverse.mel_to_stft(
-        mel_mag, sr=mel_cfg["sampling_rate"], n_fft=n_fft, power=1.0,
-        fmin=mel_cfg["fmin"], fmax=mel_cfg["fmax"], htk=False, norm="slaney")  # (n_fft/2+1, T)
+        mel_mag, sr=cfg.sampling_rate, n_fft=n_fft, power=1.0,
+        fmin=cfg.fmin, fmax=cfg.fmax, htk=False, norm="slaney")  # (n_fft/2+1, T)
     # librosa's NNLS stops early (mean log-mel residual ~0.2 on a tonal test signal); a few
     # multiplicative NNLS updates bring it to ~0.02 and cut the final audio's mel error by ~40%
-    fb = mel_filterbank(mel_cfg).astype(np.float32)
+    fb = mel_filterbank(cfg).astype(np.float32)
     stft_mag = np.maximum(stft_mag, 1e-6)  # updates are multiplicative: no exact zeros
     target = fb.T @ mel_mag
     for _ in range(nnls_refine):
@@ -184,23 +216,16 @@ def griffin_lim(log_mel, mel_cfg, n_iter=64, seed=0, nnls_refine=50):
     return wav.astype(np.float32)
 
 
-def _with_resolved_fmax(cfg):
-    cfg = dict(cfg)
-    if cfg.get("fmax_resolved") is None and "sampling_rate" in cfg:
-        cfg["fmax_resolved"] = (float(cfg["fmax"]) if cfg.get("fmax") is not None
-                                else cfg["sampling_rate"] / 2.0)
-    return cfg
-
-
 def check_mel_compat(npz_mel_cfg, vocoder_mel_cfg, npz_name="clip", vocoder_name=None):
     """Raises MelConfigMismatch naming every differing value, e.g.
-    'fmax: 8000.0 (clip) vs 11025.0 (vocoder BigVGAN/bigvgan_v2_22khz_80band_256x)'."""
-    vname = vocoder_name or f"BigVGAN/{vocoder_mel_cfg.get('name', '?')}"
-    diffs = compare_mel_configs(_with_resolved_fmax(npz_mel_cfg), _with_resolved_fmax(vocoder_mel_cfg),
-                                "clip", f"vocoder {vname}")
+    'fmax: 8000.0 (clip) vs 11025.0 (vocoder BigVGAN/bigvgan_v2_22khz_80band_256x)'.
+    Either config: a MelConfig or anything MelConfig.parse reads."""
+    clip, vocoder = MelConfig.parse(npz_mel_cfg, where=npz_name), MelConfig.parse(vocoder_mel_cfg)
+    vname = vocoder_name or f"BigVGAN/{vocoder.name or '?'}"
+    diffs = clip.differences(vocoder, "clip", f"vocoder {vname}")
     if diffs:
         raise MelConfigMismatch(
-            f"{npz_name}: mel config made with '{npz_mel_cfg.get('name', '?')}' does not match the "
+            f"{npz_name}: mel config made with '{clip.name or '?'}' does not match the "
             f"vocoder {vname}: " + "; ".join(diffs)
             + " (vocode with the matching BigVGAN folder, or re-run preprocess.py with this vocoder's config)")
 
@@ -217,12 +242,7 @@ def vocode_mels(mels, mel_cfg=None, model=None, n_iter=64, seed=0, batch_size=8)
             mel_cfg = load_mel_config()
         return [griffin_lim(m, mel_cfg, n_iter=n_iter, seed=seed) for m in mels]
     wavs = [None] * len(mels)
-    by_length = {}
-    for i, m in enumerate(mels):
-        by_length.setdefault(m.shape[-1], []).append(i)
-    for idx in by_length.values():
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start:start + batch_size]
-            for i, wav in zip(chunk, vocode(np.stack([mels[i] for i in chunk]), model)):
-                wavs[i] = wav
+    for batch in batches_by_length(enumerate(mels), batch_size):
+        for (i, _), wav in zip(batch, vocode(np.stack([m for _, m in batch]), model)):
+            wavs[i] = wav
     return wavs

@@ -193,7 +193,7 @@ def test_hub_id_fetch_and_unreachable_hub(tiny_dir, tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     model, cfg = load_bigvgan("someone/tiny_bigvgan", "cpu")
-    assert cfg["name"] == "someone/tiny_bigvgan" and cfg["hop_size"] == 256
+    assert cfg.name == "someone/tiny_bigvgan" and cfg.hop_size == 256
     assert sorted(calls) == [("someone/tiny_bigvgan", "bigvgan_generator.pt"),
                              ("someone/tiny_bigvgan", "config.json")]
 
