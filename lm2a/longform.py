@@ -46,7 +46,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from lm2a.audio import compute_mel, load_audio
+from lm2a.clipio import save_npz_atomic
+from lm2a.device import resolve_precision
+from lm2a.generate import clip_seed, compatibility_problems, make_generator
+from lm2a.lyrics import LyricEncoder
+from lm2a.motion import clip_frame_range, resample_to_mel, song_motion
+from lm2a.plots import mel_figure
+from lm2a.timeline import motion_t0_seconds, read_lyric_timeline
 from models.diffusion import SamplingConfig
 from models.hparams import hparam
 
@@ -83,7 +92,8 @@ class LongformConfig:
 
 # ---- windows ------------------------------------------------------------------------------------
 def seconds_to_frames(seconds, mel_config):
-    return int(round(float(seconds) * mel_config["sampling_rate"] / mel_config["hop_size"]))
+    """Whole mel frames in `seconds` (a duration inside a mel, e.g. an overlap), MelConfig's rate."""
+    return int(round(float(seconds) * mel_config.sampling_rate / mel_config.hop_size))
 
 
 def window_starts(n_frames, window, overlap):
@@ -160,71 +170,77 @@ def window_lyrics(lines, window_times, min_s=0.5, pick="all"):
 
 
 # ---- one dance ----------------------------------------------------------------------------------
+def dance_time_origin(motion_path, lyrics_json, entries, motion_t0):
+    """-> (rule, song time (s) of motion frame 0): motion_t0 a rule of lm2a.timeline.MOTION_T0_RULES
+    applied to the lyric timeline `entries`, a number of seconds ("given"), or None: "first_lyric"
+    with a lyric timeline (JustLMD), else 0.0."""
+    if motion_t0 is None:
+        motion_t0 = "first_lyric" if lyrics_json is not None else 0.0
+    if not isinstance(motion_t0, str):
+        return "given", float(motion_t0)
+    if lyrics_json is None and motion_t0 == "first_lyric":
+        raise ValueError(f"{motion_path}: the motion time origin 'first_lyric' needs a lyric timeline "
+                         f"(sliced.json); give one, or the song time of motion frame 0 in seconds")
+    return motion_t0, motion_t0_seconds(entries, motion_t0)
+
+
+def dance_span(motion, start_s, end_s, t0, fps):
+    """The span [start_s, end_s) in song time (None: where the motion starts / ends) as motion frames.
+    -> (start_s, end_s, frame_start, frame_end). Raises ValueError naming the file when the motion does
+    not cover it or it holds fewer than 3 frames (derivatives need 3)."""
+    start_s = t0 if start_s is None else float(start_s)
+    end_s = t0 + len(motion) / fps if end_s is None else float(end_s)
+    where = f"{motion.path}: the span {start_s:.3f}-{end_s:.3f} s"
+    if end_s <= start_s:
+        raise ValueError(f"{where} is empty (--start < --end)")
+    frame_start, frame_end = clip_frame_range(start_s, t0, end_s - start_s, fps)
+    problem = motion.span_problem(frame_start, frame_end, t0, fps)
+    if problem:
+        raise ValueError(f"{where} {problem}; pick a later --start or an earlier --end")
+    if frame_end - frame_start < 3:
+        raise ValueError(f"{where} holds fewer than 3 motion frames")
+    return start_s, end_s, frame_start, frame_end
+
+
+def real_mel_of(audio_path, start_s, end_s, cfg, n_frames):
+    """(80, <= n_frames) float32 log-mel of the audio's span (the reference), or None when the file
+    does not exist or the span holds less than one STFT window of audio."""
+    if audio_path is None or not Path(audio_path).is_file():
+        return None
+    wav, _ = load_audio(audio_path, cfg.sampling_rate)
+    a, b = int(round(start_s * cfg.sampling_rate)), min(int(round(end_s * cfg.sampling_rate)), len(wav))
+    if b - a < cfg.n_fft:
+        return None
+    return compute_mel(wav[a:b], cfg).astype(np.float32)[:, :n_frames]
+
+
 def load_dance(info, motion_path, lyrics_json=None, lyric_text=None, start_s=None, end_s=None,
                motion_t0=None, fps=30, audio_path=None, name=None, config: LongformConfig = None):
-    """A dance to generate for, for the checkpoint `info` (its mel config): motion features over the
-    whole dance at the mel frame rate, the window plan and each window's lyric text, and the real
-    log-mel of the span when `audio_path` is given (the reference; None when it does not exist).
+    """A dance to generate for, for the checkpoint `info` (a TrainedModel: its mel config): motion
+    features over the whole dance at the mel frame rate, the window plan and each window's lyric text,
+    and the real log-mel of the span when `audio_path` is given (the reference; None when it does not
+    exist).
 
-    motion_t0: song time (s) of motion frame 0, or a rule of lm2a.timeline.MOTION_T0_RULES applied
-    to lyrics_json; None -> "first_lyric" with a lyric timeline (JustLMD), else 0.0.
-    start_s / end_s: the span in song time (default: the whole motion). lyric_text: one line for
-    every window (instead of lyrics_json; neither -> null lyric everywhere).
+    motion_t0: see dance_time_origin. start_s / end_s: the span in song time (default: the whole
+    motion). lyric_text: one line for every window (instead of lyrics_json; neither -> null lyric
+    everywhere).
     -> dict(name, n_frames, motion_mel (T, 234), motion (frames, 234) at fps, real_mel (80, T_real)
     or None, meta {provenance written into the npz}, lines [(start_s, end_s, text)] sung, lyric_text,
     and plan_dance's config, plan, window_times, window_texts).
     Raises ValueError naming the file when the span is not covered by the motion."""
-    from lm2a.audio import compute_mel, load_audio, n_mel_frames
-    from lm2a.melconfig import mel_config_to_json
-    from lm2a.motion import clip_frame_range, fill_nearest, load_smpl_json, motion_features, resample_to_mel
-    from lm2a.timeline import motion_t0_seconds, read_lyric_timeline
-
-    config = config or LongformConfig()
-    cfg = info["mel_config"]
-    sr, hop = int(cfg["sampling_rate"]), int(cfg["hop_size"])
+    cfg = info.mel_config
     motion_path = Path(motion_path)
     if lyrics_json is not None and lyric_text is not None:
         raise ValueError("give the lyrics as a timeline (sliced.json) or as one line, not both")
     entries, key_warnings = read_lyric_timeline(lyrics_json) if lyrics_json is not None else ([], [])
-    if motion_t0 is None:
-        motion_t0 = "first_lyric" if lyrics_json is not None else 0.0
-    if isinstance(motion_t0, str):
-        if lyrics_json is None and motion_t0 == "first_lyric":
-            raise ValueError(f"{motion_path}: the motion time origin 'first_lyric' needs a lyric timeline "
-                             f"(sliced.json); give one, or the song time of motion frame 0 in seconds")
-        t0_rule, t0 = motion_t0, motion_t0_seconds(entries, motion_t0)
-    else:
-        t0_rule, t0 = "given", float(motion_t0)
-
-    poses, n_missing = load_smpl_json(motion_path)  # (F, 78), NaN rows for missing frames
-    bad_frames = ~np.isfinite(poses).all(axis=1)
-    poses, _, _ = fill_nearest(poses)
-    motion_end = t0 + len(poses) / fps
-    start_s = t0 if start_s is None else float(start_s)
-    end_s = motion_end if end_s is None else float(end_s)
-    if end_s <= start_s:
-        raise ValueError(f"{motion_path}: the span {start_s:.3f}-{end_s:.3f} s is empty (--start < --end)")
-    frame_start, frame_end = clip_frame_range(start_s, t0, end_s - start_s, fps)
-    if frame_start < 0:
-        raise ValueError(f"{motion_path}: the span starts at {start_s:.3f} s, {-frame_start} motion frames "
-                         f"before motion frame 0 (at {t0:.3f} s in song time); pick a later --start")
-    if frame_end > len(poses):
-        raise ValueError(f"{motion_path}: motion ends at frame {len(poses)} ({motion_end:.3f} s in song "
-                         f"time), the span {start_s:.3f}-{end_s:.3f} s needs frames {frame_start}-{frame_end}; "
-                         f"pick an earlier --end")
-    if frame_end - frame_start < 3:
-        raise ValueError(f"{motion_path}: the span {start_s:.3f}-{end_s:.3f} s holds fewer than 3 motion frames")
+    t0_rule, t0 = dance_time_origin(motion_path, lyrics_json, entries, motion_t0)
+    motion = song_motion(motion_path)
+    start_s, end_s, frame_start, frame_end = dance_span(motion, start_s, end_s, t0, fps)
     # features over the whole dance (one smoothing and one derivative over all frames), then the span
-    features = motion_features(poses, fps)[frame_start:frame_end]  # (frames, 234)
-    n_frames = n_mel_frames(int(round((end_s - start_s) * sr)), cfg)
-    motion_mel = resample_to_mel(features, fps, n_frames, sr, hop).astype(np.float32)  # (T, 234)
-
-    real_mel = None
-    if audio_path is not None and Path(audio_path).is_file():
-        wav, _ = load_audio(audio_path, sr)
-        a, b = int(round(start_s * sr)), min(int(round(end_s * sr)), len(wav))
-        if b - a >= cfg["n_fft"]:
-            real_mel = compute_mel(wav[a:b], cfg).astype(np.float32)[:, :n_frames]  # (80, T_real)
+    features, repaired = motion.span_features(frame_start, frame_end, fps)  # (frames, 234)
+    n_frames = cfg.frames_for_seconds(end_s - start_s)
+    motion_mel = resample_to_mel(features, fps, n_frames, cfg.sampling_rate, cfg.hop_size).astype(np.float32)
+    real_mel = real_mel_of(audio_path, start_s, end_s, cfg, n_frames)
 
     name = name or motion_path.resolve().parent.name.replace("__", "_")
     meta = dict(song=name, motion_path=str(motion_path.resolve()),
@@ -233,23 +249,21 @@ def load_dance(info, motion_path, lyrics_json=None, lyric_text=None, start_s=Non
                 audio_path=str(Path(audio_path).resolve()) if real_mel is not None else "",
                 start_s=float(start_s), end_s=float(end_s), motion_t0=float(t0), motion_t0_rule=t0_rule,
                 frame_start=int(frame_start), frame_end=int(frame_end), fps=int(fps),
-                motion_repaired_frames=int(bad_frames[frame_start:frame_end].sum()),
-                motion_missing_frames=int(n_missing), lyric_key_warnings=len(key_warnings),
-                mel_config=mel_config_to_json(cfg), sr=sr, hop_length=hop)
+                motion_repaired_frames=repaired, motion_missing_frames=int(motion.missing_frames),
+                lyric_key_warnings=len(key_warnings), mel_config=cfg.to_json(), sr=cfg.sampling_rate,
+                hop_length=cfg.hop_size)
     dance = dict(name=name, n_frames=n_frames, motion_mel=motion_mel, motion=features.astype(np.float32),
                  real_mel=real_mel, meta=meta, lines=sung_lines(entries),
                  lyric_text=None if lyric_text is None else str(lyric_text).strip())
-    return plan_dance(dance, info, config)
+    return plan_dance(dance, info, config or LongformConfig())
 
 
 def plan_dance(dance, info, config: LongformConfig):
     """Sets the dance's window plan (plan_windows, in mel frames), each window's song time and
     lyric text for `config` (and forgets lyrics encoded for another plan). -> dance."""
-    from lm2a.audio import n_mel_frames
-    cfg = info["mel_config"]
-    sr, hop = int(cfg["sampling_rate"]), int(cfg["hop_size"])
-    window = n_mel_frames(int(round(config.window * sr)), cfg)
-    n_frames, start_s = dance["n_frames"], dance["meta"]["start_s"]
+    cfg = info.mel_config
+    window = cfg.frames_for_seconds(config.window)
+    n_frames, start_s, sr, hop = dance["n_frames"], dance["meta"]["start_s"], cfg.sampling_rate, cfg.hop_size
     plan = plan_windows(n_frames, window, seconds_to_frames(config.overlap, cfg),
                         seconds_to_frames(config.crossfade, cfg))
     times = [(start_s + s * hop / sr, start_s + min(s + window, n_frames) * hop / sr) for s in plan["starts"]]
@@ -264,7 +278,6 @@ def plan_dance(dance, info, config: LongformConfig):
 
 # ---- generation ---------------------------------------------------------------------------------
 def window_seed(seed, name, k):
-    from lm2a.generate import clip_seed
     return clip_seed(seed, f"{name}#w{k}")
 
 
@@ -272,14 +285,12 @@ def encode_window_lyrics(dances, info, device="cpu", encoder=None):
     """Adds dance['window_lyrics'] = [(L, D) float32 token states, (0, D) for the null lyric] for
     every window, each distinct line encoded once with the checkpoint's text encoder. Raises
     ValueError when the encoder does not match the checkpoint's."""
-    from lm2a.generate import compatibility_problems
-    from lm2a.lyrics import LyricEncoder
-    dim = int(info["text_encoder"]["dim"])
+    dim = int(info.text_encoder.dim)
     lines = sorted({t for d in dances for t in d["window_texts"] if t != NULL_LYRIC})
     table = {}
     if lines:
-        encoder = encoder or LyricEncoder(info["text_encoder"]["name"], device=str(device))
-        problems = compatibility_problems("lyric encoder", info["mel_config"], encoder.name, encoder.dim, info)
+        encoder = encoder or LyricEncoder(info.text_encoder.name, device=str(device))
+        problems = compatibility_problems("lyric encoder", info.mel_config, encoder.name, encoder.dim, info)
         if problems:
             raise ValueError(problems[0])
         tokens, _ = encoder.encode(lines)
@@ -312,6 +323,55 @@ def _window_motion(dance, k):
     return m
 
 
+def _continuation(dances, active, k, outs, window):
+    """The known frames of window k (> 0) of the active dances: (known (B, 80, W) tensor of the output
+    so far, known_mask (B, W) True on the held frames)."""
+    known = np.stack([outs[i][:, dances[i]["plan"]["starts"][k]:][:, :window] for i in active])
+    held = [dances[i]["plan"]["held"][k] for i in active]
+    known_mask = torch.arange(window)[None, :] < torch.tensor(held)[:, None]  # (B, W)
+    return dict(known=torch.from_numpy(known), known_mask=known_mask)
+
+
+def _sample_window(diffusion, dances, active, k, outs, settings, config, window, step_progress):
+    """Window k of the active dances in one sample() call. -> (mel (B, 80, W) float32, seeds)."""
+    motion = torch.from_numpy(np.stack([_window_motion(dances[i], k) for i in active]))  # (B, W, 234)
+    lyrics, pad_mask = _lyric_batch([dances[i]["window_lyrics"][k] for i in active])
+    seeds = [window_seed(settings.seed, dances[i]["name"], k) for i in active]
+    # decided by k and the config only: batch-independent
+    kwargs = _continuation(dances, active, k, outs, window) if k > 0 and config.continuation else {}
+    mel = diffusion.sample(motion, lyrics, lyric_pad_mask=pad_mask, length=window, settings=settings,
+                           generator=[make_generator(s) for s in seeds], progress=step_progress, **kwargs)
+    mel = mel.float().cpu().numpy()  # (B, 80, W)
+    if kwargs:  # exactly the previous output on the held frames (sample() holds them up to the round
+        # trip through normalisation)
+        mel = np.where(kwargs["known_mask"].numpy()[:, None, :], kwargs["known"].numpy(), mel)
+    return mel, seeds
+
+
+def _generate_chunk(diffusion, dances, chunk, settings, config, bar, step_progress):
+    """The dances `chunk` (indices) window by window, window k of all of them in one call.
+    -> {i: result dict}."""
+    window = dances[chunk[0]]["plan"]["window"]
+    if any(dances[i]["plan"]["window"] != window for i in chunk):
+        raise ValueError("dances of one batch need the same window length (same checkpoint and config)")
+    outs = {i: np.zeros((diffusion.mel_dim, max(dances[i]["n_frames"], window)), np.float32) for i in chunk}
+    windows, seeds = {i: [] for i in chunk}, {i: [] for i in chunk}
+    for k in range(max(len(dances[i]["plan"]["starts"]) for i in chunk)):
+        active = [i for i in chunk if k < len(dances[i]["plan"]["starts"])]
+        mel, seeds_k = _sample_window(diffusion, dances, active, k, outs, settings, config, window, step_progress)
+        for i, y, s in zip(active, mel, seeds_k):
+            plan = dances[i]["plan"]
+            windows[i].append(y)
+            seeds[i].append(s)
+            if k == 0:
+                outs[i][:, :window] = y
+            else:
+                join_window(outs[i], y, plan["starts"][k], plan["shared"][k], plan["fade"][k])
+        bar.update(len(active))
+    return {i: dict(name=dances[i]["name"], mel=outs[i][:, :dances[i]["n_frames"]].copy(), windows=windows[i],
+                    seeds=seeds[i]) for i in chunk}
+
+
 @torch.inference_mode()
 def generate_dances(diffusion, info, dances, settings: SamplingConfig = None, config: LongformConfig = None,
                     progress=True, step_progress=False, encoder=None):
@@ -320,9 +380,6 @@ def generate_dances(diffusion, info, dances, settings: SamplingConfig = None, co
     `encoder` or the checkpoint's text encoder). settings.batch_size dances are sampled in parallel:
     window k of each of them in one call. -> list (in the order of `dances`) of dict(name, mel
     (80, T) float32, windows [(80, W) float32 raw window outputs, before joining], seeds)."""
-    from tqdm import tqdm
-
-    from lm2a.generate import make_generator, resolve_precision
     settings = resolve_precision(settings or SamplingConfig(), diffusion.device)
     config = config or LongformConfig()
     for d in dances:
@@ -330,49 +387,13 @@ def generate_dances(diffusion, info, dances, settings: SamplingConfig = None, co
             plan_dance(d, info, config)
     if any("window_lyrics" not in d for d in dances):
         encode_window_lyrics(dances, info, diffusion.device, encoder)
-    results = [None] * len(dances)
-    bar = tqdm(total=sum(len(d["plan"]["starts"]) for d in dances), desc="windows", unit="window",
-               disable=not progress or not dances)
-    for first in range(0, len(dances), settings.batch_size):
-        chunk = list(range(first, min(first + settings.batch_size, len(dances))))
-        window = dances[chunk[0]]["plan"]["window"]
-        if any(dances[i]["plan"]["window"] != window for i in chunk):
-            raise ValueError("dances of one batch need the same window length (same checkpoint and config)")
-        outs = {i: np.zeros((diffusion.mel_dim, max(dances[i]["n_frames"], window)), np.float32) for i in chunk}
-        windows = {i: [] for i in chunk}
-        seeds = {i: [] for i in chunk}
-        for k in range(max(len(dances[i]["plan"]["starts"]) for i in chunk)):
-            active = [i for i in chunk if k < len(dances[i]["plan"]["starts"])]
-            motion = torch.from_numpy(np.stack([_window_motion(dances[i], k) for i in active]))  # (B, W, 234)
-            lyrics, pad_mask = _lyric_batch([dances[i]["window_lyrics"][k] for i in active])
-            seeds_k = [window_seed(settings.seed, dances[i]["name"], k) for i in active]
-            generators = [make_generator(s) for s in seeds_k]
-            kwargs = {}
-            if k > 0 and config.continuation:  # decided by k and the config only: batch-independent
-                known = np.stack([outs[i][:, dances[i]["plan"]["starts"][k]:][:, :window] for i in active])
-                held = [dances[i]["plan"]["held"][k] for i in active]
-                known_mask = torch.arange(window)[None, :] < torch.tensor(held)[:, None]  # (B, W)
-                kwargs = dict(known=torch.from_numpy(known), known_mask=known_mask)
-            mel = diffusion.sample(motion, lyrics, lyric_pad_mask=pad_mask, length=window, settings=settings,
-                                   generator=generators, progress=step_progress, **kwargs)
-            mel = mel.float().cpu().numpy()  # (B, 80, W)
-            if kwargs:  # exactly the previous output on the held frames (sample() holds them up to
-                # the round trip through normalisation)
-                mel = np.where(kwargs["known_mask"].numpy()[:, None, :], kwargs["known"].numpy(), mel)
-            for i, y, s in zip(active, mel, seeds_k):
-                plan = dances[i]["plan"]
-                windows[i].append(y)
-                seeds[i].append(s)
-                if k == 0:
-                    outs[i][:, :window] = y
-                else:
-                    join_window(outs[i], y, plan["starts"][k], plan["shared"][k], plan["fade"][k])
-            bar.update(len(active))
-        for i in chunk:
-            results[i] = dict(name=dances[i]["name"], mel=outs[i][:, :dances[i]["n_frames"]].copy(),
-                              windows=windows[i], seeds=seeds[i])
-    bar.close()
-    return results
+    results = {}
+    with tqdm(total=sum(len(d["plan"]["starts"]) for d in dances), desc="windows", unit="window",
+              disable=not progress or not dances) as bar:
+        for first in range(0, len(dances), settings.batch_size):
+            chunk = list(range(first, min(first + settings.batch_size, len(dances))))
+            results.update(_generate_chunk(diffusion, dances, chunk, settings, config, bar, step_progress))
+    return [results[i] for i in range(len(dances))]
 
 
 # ---- output -------------------------------------------------------------------------------------
@@ -382,7 +403,6 @@ def write_longform(path, dance, result, info, settings: SamplingConfig, config: 
     window's lyric text and seed; every sampling and window setting (asdict); the checkpoint; the
     inputs' provenance; motion (frames, 234) features of the span at fps; real_mel (80, T_real)
     when the reference audio exists. -> path."""
-    from lm2a.clipio import save_npz_atomic
     plan = dance["plan"]
     fields = dict(mel=np.asarray(result["mel"], np.float32), **asdict(settings), **asdict(config),
                   window_starts=np.asarray(plan["starts"], np.int64), window_frames=np.int64(plan["window"]),
@@ -391,9 +411,9 @@ def write_longform(path, dance, result, info, settings: SamplingConfig, config: 
                   join_frames=np.asarray(plan["joins"], np.int64),
                   window_lyric_texts=np.asarray(dance["window_texts"], dtype=np.str_).reshape(-1),
                   window_seeds=np.asarray(result["seeds"], np.int64),
-                  use_ema=np.bool_(info.get("use_ema", True)),
-                  ckpt_path=np.str_(str(Path(info["_path"]).resolve())), ckpt_step=np.int64(info["step"]),
-                  text_encoder=np.str_(info["text_encoder"]["name"]), name=np.str_(dance["name"]),
+                  use_ema=np.bool_(info.use_ema),
+                  ckpt_path=np.str_(str(Path(info.path).resolve())), ckpt_step=np.int64(info.step),
+                  text_encoder=np.str_(info.text_encoder.name), name=np.str_(dance["name"]),
                   created=np.str_(datetime.now(timezone.utc).isoformat(timespec="seconds")),
                   motion=np.asarray(dance["motion"], np.float32))
     fields.update({k: np.str_(v) if isinstance(v, str) else v for k, v in dance["meta"].items()})
@@ -403,35 +423,20 @@ def write_longform(path, dance, result, info, settings: SamplingConfig, config: 
     return Path(path)
 
 
-def plot_longform(path, generated, real=None, window_starts=(), joins=(), hop_s=256 / 22050, start_s=0.0,
-                  title=""):
-    """A long PNG: the generated log-mel above the real one (when given), one colour scale, time in
-    song seconds (the mel starts at start_s); window starts as dashed white lines, joins (where each
-    next window takes over) solid cyan."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    panels = [("generated", generated)] + ([("real", real)] if real is not None else [])
-    vmin = min(float(np.min(m)) for _, m in panels)
-    vmax = max(float(np.max(m)) for _, m in panels)
-    seconds = generated.shape[1] * hop_s
-    fig, axes = plt.subplots(len(panels), 1, figsize=(min(4 + 0.3 * seconds, 80), 2.4 * len(panels) + 0.6),
-                             squeeze=False, constrained_layout=True)
-    for ax, (label, mel) in zip(axes[:, 0], panels):
-        im = ax.imshow(mel, origin="lower", aspect="auto", vmin=vmin, vmax=vmax, cmap="magma",
-                       interpolation="nearest", extent=(start_s, start_s + mel.shape[1] * hop_s, 0, mel.shape[0]))
-        for s in window_starts[1:]:
-            ax.axvline(start_s + s * hop_s, color="white", lw=0.8, ls="--")
-        for j in joins:
-            ax.axvline(start_s + j * hop_s, color="cyan", lw=0.8)
-        ax.set_xlim(start_s, start_s + seconds)
-        ax.set_ylabel(f"{label}\nmel bin")
-    axes[-1, 0].set_xlabel("song time (s); dashed: window starts, cyan: joins (where the next window takes over)")
-    fig.colorbar(im, ax=axes[:, 0].tolist(), label="log-mel (ln)", fraction=0.02)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+def plot_longform(path, generated, real=None, window_starts=(), joins=(), hop_s=None, start_s=0.0, title=""):
+    """A long PNG (lm2a.plots.mel_figure): the generated log-mel above the real one (when given), one
+    colour scale, time in song seconds (the mel starts at start_s; hop_s: the mel config's
+    hop_seconds); window starts as dashed white lines, joins (where each next window takes over) solid
+    cyan."""
+    if hop_s is None:
+        raise ValueError("plot_longform: pass hop_s, the mel config's hop_seconds (the x axis is song time)")
+    rows = [("generated", [generated])] + ([("real", [real])] if real is not None else [])
+    width = min(4 + 0.3 * generated.shape[1] * hop_s, 80)  # about 0.3 inch per second, at most 80 inches
+    marks = ([(s, dict(color="white", lw=0.8, ls="--")) for s in window_starts[1:]]
+             + [(j, dict(color="cyan", lw=0.8)) for j in joins])
+    mel_figure(path, rows, title=title, hop_seconds=hop_s, start_s=start_s, marks=marks,
+               xlabel="song time (s); dashed: window starts, cyan: joins (where the next window takes over)",
+               panel_size=(width - 0.4, 2.4))
 
 
 # ---- measures -----------------------------------------------------------------------------------
@@ -453,9 +458,3 @@ def seam_ratio(mel, joins, width=SEAM_WIDTH):
     if not at.any() or at.all():
         return float("nan")
     return float(d[at].mean() / max(d[~at].mean(), 1e-12))
-
-
-def naive_joins(n_frames, window):
-    """The joins of independently sampled windows butted together (overlap 0, no crossfade): the
-    same as plan_windows(n_frames, window, 0, 0)['joins']."""
-    return plan_windows(n_frames, window, 0, 0)["joins"]

@@ -11,7 +11,7 @@ import sample
 import testwav
 from lm2a import generate as G
 from lm2a import longform as LF
-from lm2a.audio import n_mel_frames
+from lm2a import vocoder as V
 from lm2a.lyrics import DEFAULT_TEXT_ENCODER, LyricEncoder
 from lm2a.melconfig import load_mel_config
 from models.diffusion import SamplingConfig
@@ -27,6 +27,11 @@ LINES = ["la la first", "", "the third line", "the fourth line"]
 W = 516        # 6 s windows
 O = 86         # 1 s overlap
 C = 9          # 0.1 s crossfade
+
+
+def naive_joins(n_frames, window):
+    """The joins of independently sampled windows butted together (overlap 0, no crossfade)."""
+    return LF.plan_windows(n_frames, window, 0, 0)["joins"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +76,7 @@ def test_plan_windows_by_hand():
     assert LF.plan_windows(W + 1, W, O, C)["shared"] == [0, W - 1]   # one frame more: a second window
     assert LF.plan_windows(946, W, O, C)["starts"] == [0, 430]       # 946 = 430 + 516: two windows
     assert LF.plan_windows(947, W, O, C)["starts"] == [0, 216, 431]  # one frame more: three
-    assert LF.naive_joins(1200, W) == [516, 858]                      # butted windows [0, 342, 684]
+    assert naive_joins(1200, W) == [516, 858]                      # butted windows [0, 342, 684]
     plan = LF.plan_windows(1805, W, O, 0)
     assert plan["joins"] == [516, 946, 1375] and plan["held"] == plan["shared"]
 
@@ -143,7 +148,7 @@ def test_motion_features_over_the_whole_dance(setup):
 
 def test_continuation_holds_the_overlap_and_covers_the_dance(setup):
     d = dance(setup)
-    assert d["n_frames"] == n_mel_frames(int(round(21.0 * 22050)), CFG) == 1808  # motion: 21 s
+    assert d["n_frames"] == CFG.frames_for_seconds(21.0) == 1808  # motion: 21 s
     res = generate(setup, [d], settings())[0]
     mel, win, plan = res["mel"], res["windows"], d["plan"]
     assert mel.shape == (80, 1808) and np.isfinite(mel).all() and len(win) == 5
@@ -238,6 +243,6 @@ def test_testwav_vocodes_a_long_mel_in_chunks(tmp_path):
     model, _ = load_bigvgan(tiny_bigvgan(tmp_path / "voc"), "cpu")
     mel = (np.random.default_rng(0).normal(size=(80, 200)) - 5.0).astype(np.float32)
     whole = vocode(mel[None], model)[0]
-    chunked = testwav.vocode_long(mel, model, chunk_frames=50, context_frames=testwav.CONTEXT_FRAMES)
+    chunked = V.vocode_long(mel, model, chunk_frames=50, context_frames=V.CONTEXT_FRAMES)
     assert chunked.shape == whole.shape == (200 * 256,)
     np.testing.assert_allclose(chunked, whole, atol=1e-5 * np.abs(whole).max() + 1e-7)
