@@ -36,10 +36,10 @@ class DiffusionConfig:
     timesteps: int = hparam(1000, "diffusion steps T")
     beta_schedule: str = hparam("linear", "noise schedule", choices=tuple(BETA_SCHEDULES))
     objective: str = hparam("v", 'the network predicts "eps" (noise) or "v"', choices=OBJECTIVES)
-    motion_features: str = hparam(DEFAULT_MOTION_FEATURES, "what the network sees of the dance: raw features, rhythm "
-                                         "channels without pose or position, or only their whole-body "
-                                         "beat channels (models/motion_features.py)",
-                                  choices=MOTION_FEATURES)
+    motion_features: str = hparam(DEFAULT_MOTION_FEATURES,
+                                  "what the network sees of the dance: raw features, rhythm channels "
+                                  "without pose or position, or only their whole-body beat channels "
+                                  "(models/motion_features.py)", choices=MOTION_FEATURES)
 
     def __post_init__(self):
         if self.beta_schedule not in tuple(BETA_SCHEDULES):
@@ -139,7 +139,7 @@ class GaussianDiffusion(nn.Module):
     def __init__(self, model, config: DiffusionConfig = None, mel_mean=None, mel_std=None,
                  motion_mean=None, motion_std=None, **overrides):
         """GaussianDiffusion(net, DiffusionConfig(...), **norm_stats), or keyword overrides of the
-        config: GaussianDiffusion(net, objective="v", timesteps=100)."""
+        config: GaussianDiffusion(net, objective="eps", timesteps=100)."""
         super().__init__()
         self.config = config = replace(config or DiffusionConfig(), **overrides)
         self.model = model

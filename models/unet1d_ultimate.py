@@ -99,55 +99,27 @@ class UNet1D_ultimate(nn.Module):
         UNet1D_ultimate(base_dim=32, dim_mults=(1, 2)); UNet1D_ultimate(**checkpoint_model_config)."""
         super().__init__()
         self.config = config = replace(config or UNetConfig(), **overrides)
-        mel_dim, motion_dim, lyric_dim = config.mel_dim, config.motion_dim, config.lyric_dim
-        base_dim, dim_mults, cond_dim = config.base_dim, config.dim_mults, config.cond_dim
-        time_emb_dim, num_heads, dropout = config.time_emb_dim, config.num_heads, config.dropout
-        num_res_blocks, num_mid_blocks = config.num_res_blocks, config.num_mid_blocks
-        self.mel_dim, self.motion_dim, self.lyric_dim = mel_dim, motion_dim, lyric_dim
+        mel_dim, base_dim, cond_dim = config.mel_dim, config.base_dim, config.cond_dim
+        time_emb_dim, dropout = config.time_emb_dim, config.dropout
+        self.mel_dim, self.motion_dim, self.lyric_dim = mel_dim, config.motion_dim, config.lyric_dim
         self.cond_dim = cond_dim
-        self.num_levels = len(dim_mults)
+        self.num_levels = len(config.dim_mults)
         self.length_multiple = 2 ** (self.num_levels - 1)
 
+        # built in this order: with a seed it fixes every initial weight (and the parameter order)
         self.time_embed = TimestepEmbedding(time_emb_dim)
-        self.motion_embed = MotionEmbedding(motion_dim, cond_dim)
-        self.lyric_embed = LyricEmbedding(lyric_dim, cond_dim)
-
-        def attention(ch):
-            return CrossAttentionBlock(ch, cond_dim, num_heads, pos_dim=cond_dim)
-
+        self.motion_embed = MotionEmbedding(config.motion_dim, cond_dim)
+        self.lyric_embed = LyricEmbedding(config.lyric_dim, cond_dim)
         self.init_conv = nn.Conv1d(mel_dim, base_dim, 7, padding=3)
         self.motion_in = nn.Conv1d(cond_dim, base_dim, 1)  # motion is at the mel frame rate
 
-        ch = base_dim
-        skip_channels = [ch]
-        self.down = nn.ModuleList()
-        for level, mult in enumerate(dim_mults):
-            stage = nn.ModuleDict()
-            stage["res"] = nn.ModuleList()
-            for _ in range(num_res_blocks):
-                stage["res"].append(ResBlock(ch, base_dim * mult, time_emb_dim, dropout))
-                ch = base_dim * mult
-                skip_channels.append(ch)
-            stage["attn"] = attention(ch)
-            if level < self.num_levels - 1:
-                stage["downsample"] = Downsample(ch)
-                skip_channels.append(ch)
-            self.down.append(stage)
-
-        self.mid_res = nn.ModuleList(ResBlock(ch, ch, time_emb_dim, dropout) for _ in range(num_mid_blocks))
-        self.mid_attn = nn.ModuleList(attention(ch) for _ in range(num_mid_blocks))
-
-        self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(dim_mults))):
-            stage = nn.ModuleDict()
-            stage["res"] = nn.ModuleList()
-            for _ in range(num_res_blocks + 1):
-                stage["res"].append(ResBlock(ch + skip_channels.pop(), base_dim * mult, time_emb_dim, dropout))
-                ch = base_dim * mult
-            stage["attn"] = attention(ch)
-            if level > 0:
-                stage["upsample"] = Upsample(ch)
-            self.up.append(stage)
+        self.down, skip_channels = self._build_down(config)
+        ch = skip_channels[-1]  # the last level's width
+        mid = range(config.num_mid_blocks)
+        self.mid_res = nn.ModuleList(ResBlock(ch, ch, time_emb_dim, dropout) for _ in mid)
+        self.mid_attn = nn.ModuleList(self._attention(ch) for _ in mid)
+        self.up = self._build_up(config, skip_channels)
+        ch = base_dim * config.dim_mults[0]
 
         # the noisy input joins the last conv: with base_dim < mel_dim the hidden states alone are
         # a bottleneck, and at high noise the target (eps ~ x_t) needs all mel_dim input bands
@@ -156,35 +128,64 @@ class UNet1D_ultimate(nn.Module):
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
 
+    def _attention(self, ch):
+        config = self.config
+        return CrossAttentionBlock(ch, config.cond_dim, config.num_heads, pos_dim=config.cond_dim)
+
+    def _build_down(self, config):
+        """The down levels -> (ModuleList of stages, the channels of every skip in push order)."""
+        base_dim, time_emb_dim, dropout = config.base_dim, config.time_emb_dim, config.dropout
+        ch = base_dim
+        skip_channels = [ch]
+        down = nn.ModuleList()
+        for level, mult in enumerate(config.dim_mults):
+            stage = nn.ModuleDict()
+            stage["res"] = nn.ModuleList()
+            for _ in range(config.num_res_blocks):
+                stage["res"].append(ResBlock(ch, base_dim * mult, time_emb_dim, dropout))
+                ch = base_dim * mult
+                skip_channels.append(ch)
+            stage["attn"] = self._attention(ch)
+            if level < self.num_levels - 1:
+                stage["downsample"] = Downsample(ch)
+                skip_channels.append(ch)
+            down.append(stage)
+        return down, skip_channels
+
+    def _build_up(self, config, skip_channels):
+        """The up levels, deepest first; each ResBlock takes [h | the skip it pops]."""
+        base_dim, time_emb_dim, dropout = config.base_dim, config.time_emb_dim, config.dropout
+        skip_channels = list(skip_channels)
+        ch = skip_channels[-1]
+        up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.dim_mults))):
+            stage = nn.ModuleDict()
+            stage["res"] = nn.ModuleList()
+            for _ in range(config.num_res_blocks + 1):
+                stage["res"].append(ResBlock(ch + skip_channels.pop(), base_dim * mult, time_emb_dim, dropout))
+                ch = base_dim * mult
+            stage["attn"] = self._attention(ch)
+            if level > 0:
+                stage["upsample"] = Upsample(ch)
+            up.append(stage)
+        return up
+
     def forward(self, x, t, motion, lyrics, lyric_pad_mask=None, drop_motion=None, drop_lyrics=None):
         """x (B, mel_dim, T) normalised noisy mel, t (B,) long, motion (B, Tm, motion_dim) the motion
         condition (GaussianDiffusion.motion_input: per-clip standardised beat or rhythm channels, or
         the standardised raw features), lyrics (B, L, lyric_dim), lyric_pad_mask (B, L) bool True = padding,
         drop_* (B,) bool True = use the learned null condition. Returns (B, mel_dim, T)."""
         batch_size, _, length = x.shape
-        device = x.device
-        t = torch.as_tensor(t, device=device)
+        t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:
             t = t.expand(batch_size)
         t_emb = self.time_embed(t)  # (B, time_emb_dim)
 
-        motion_emb = self.motion_embed(motion, drop_motion)  # (B, Tm, cond_dim)
-        motion_frames = motion_emb.shape[1]
-        frame_scale = length / motion_frames  # mel frames per motion frame
-        key_pos = sinusoidal_embedding((torch.arange(motion_frames, device=device) + 0.5) * frame_scale,
-                                       self.cond_dim)
-        motion_context = motion_emb + key_pos.to(motion_emb.dtype)  # (B, Tm, cond_dim)
-        lyric_context, lyric_mask = self.lyric_embed(lyrics, lyric_pad_mask, drop_lyrics)  # (B, 1+L, cond)
-
         padded_length = -(-length // self.length_multiple) * self.length_multiple
-        pad = padded_length - length
-        motion_along_time = motion_emb.transpose(1, 2)  # (B, cond_dim, Tm)
-        if motion_frames != length:
-            motion_along_time = F.interpolate(motion_along_time, size=length, mode="linear",
-                                              align_corners=False)
-        if pad:
-            x = F.pad(x, (0, pad))
-            motion_along_time = F.pad(motion_along_time, (0, pad), mode="replicate")
+        motion_context, motion_along_time = self._motion_conditions(motion, drop_motion, length, padded_length)
+        lyric_context, lyric_mask = self.lyric_embed(lyrics, lyric_pad_mask, drop_lyrics)  # (B, 1+L, cond)
+        if padded_length != length:
+            x = F.pad(x, (0, padded_length - length))
         h = self.init_conv(x) + self.motion_in(motion_along_time)  # (B, base_dim, T_pad)
 
         query_pos_cache = {}
@@ -192,10 +193,34 @@ class UNet1D_ultimate(nn.Module):
         def attend(block, h):
             stride = padded_length // h.shape[-1]
             if stride not in query_pos_cache:
-                centres = (torch.arange(h.shape[-1], device=device) + 0.5) * stride
+                centres = (torch.arange(h.shape[-1], device=x.device) + 0.5) * stride
                 query_pos_cache[stride] = sinusoidal_embedding(centres, self.cond_dim)[None]  # (1, T_l, cond)
             return block(h, motion_context, lyric_context, lyric_mask, query_pos_cache[stride])
 
+        h = self._levels(h, t_emb, attend)
+        out = self.out_conv(torch.cat([F.silu(self.out_norm(h)), x], dim=1))
+        return out[..., :length]  # (B, mel_dim, T)
+
+    def _motion_conditions(self, motion, drop_motion, length, padded_length):
+        """motion (B, Tm, motion_dim) -> (keys for the attention (B, Tm, cond_dim) with their mel-frame
+        positions added, the embedding resampled to the mel frames (B, cond_dim, padded_length))."""
+        motion_emb = self.motion_embed(motion, drop_motion)  # (B, Tm, cond_dim)
+        motion_frames = motion_emb.shape[1]
+        frame_scale = length / motion_frames  # mel frames per motion frame
+        centres = (torch.arange(motion_frames, device=motion_emb.device) + 0.5) * frame_scale  # in mel frames
+        key_pos = sinusoidal_embedding(centres, self.cond_dim)  # (Tm, cond_dim)
+        motion_context = motion_emb + key_pos.to(motion_emb.dtype)  # (B, Tm, cond_dim)
+        motion_along_time = motion_emb.transpose(1, 2)  # (B, cond_dim, Tm)
+        if motion_frames != length:
+            motion_along_time = F.interpolate(motion_along_time, size=length, mode="linear",
+                                              align_corners=False)
+        if padded_length != length:
+            motion_along_time = F.pad(motion_along_time, (0, padded_length - length), mode="replicate")
+        return motion_context, motion_along_time
+
+    def _levels(self, h, t_emb, attend):
+        """The UNet body: down levels (skips kept), middle, up levels.
+        h (B, base_dim, T_pad) -> (B, base_dim * dim_mults[0], T_pad)."""
         skips = [h]
         for stage in self.down:
             for i, res in enumerate(stage["res"]):
@@ -217,6 +242,4 @@ class UNet1D_ultimate(nn.Module):
                     h = attend(stage["attn"], h)
             if "upsample" in stage:
                 h = stage["upsample"](h)
-
-        out = self.out_conv(torch.cat([F.silu(self.out_norm(h)), x], dim=1))
-        return out[..., :length]  # (B, mel_dim, T)
+        return h

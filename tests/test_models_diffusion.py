@@ -211,7 +211,8 @@ def test_guidance_with_unet_counts_calls_and_sample_is_deterministic():
     pad = torch.tensor([[False, False, True], [False, False, False]])
     def run(seed, sampler="ddim", **kw):
         settings = SamplingConfig(sampler=sampler, steps=6, guidance=3.0, precision="fp32")
-        return d.sample(motion, lyrics, pad, settings=settings, generator=torch.Generator().manual_seed(seed), **kw)
+        generator = torch.Generator().manual_seed(seed)
+        return d.sample(motion, lyrics, pad, settings=settings, generator=generator, **kw)
     a = run(1)
     assert batch_sizes == [4] * 6
     assert unet.training  # mode restored after sampling
