@@ -1,4 +1,4 @@
-"""Reading and writing the stage-1 clip files (DESIGN.md, 'Stage 1 output'), and the file helpers
+"""Reading and writing the stage-1 clip files (FORMATS.md, 'Stage 1'), and the file helpers
 every stage shares: the clip-name rule, atomic writes, strict JSON."""
 import contextlib
 import dataclasses

@@ -1,4 +1,4 @@
-"""Writes small fake-but-valid stage-1 clip files (every DESIGN.md key) for tests.
+"""Writes small fake-but-valid stage-1 clip files (every key of FORMATS.md, "Stage 1") for tests.
 
 The mel depends on the motion (band energy follows the motion speed) and on the lyrics (a lyric
 dependent spectral tilt), so a model trained on them has something to learn from both conditions.
@@ -9,7 +9,7 @@ import numpy as np
 
 from lm2a import SCHEMA_VERSION
 from lm2a.clipio import clip_name, save_npz_atomic
-from lm2a.melconfig import load_mel_config, mel_config_to_json
+from lm2a.melconfig import MelConfig, load_mel_config
 
 FPS = 30
 SR = 22050
@@ -67,7 +67,7 @@ def write_fake_clips(out_dir, n=8, mel_frames=64, lyric_dim=384, n_songs=2, seed
             start_s=np.float64(start_s), end_s=np.float64(start_s + 6.0),
             frame_start=np.int64(frame_start), frame_end=np.int64(frame_start + motion.shape[0]),
             sr=np.int64(SR), hop_length=np.int64(HOP), fps=np.int64(FPS),
-            mel_config=np.array(mel_config_to_json(cfg)), text_encoder=np.array(text_encoder),
+            mel_config=np.array(MelConfig.parse(cfg).to_json()), text_encoder=np.array(text_encoder),
             schema_version=np.int64(SCHEMA_VERSION))
         paths.append(path)
     return paths
