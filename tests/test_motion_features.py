@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from lm2a import MOTION_DIM, POSE_DIM
 from lm2a.motion import motion_features
 from lm2a.training import augment
 from models.diffusion import GaussianDiffusion
+from models.layout import MOTION_DIM, POSE_DIM
 from models.motion_features import (BEAT_DIM, MIRROR_PERM, RHYTHM_DIM, beat_features, mirror_raw_motion,
                                     motion_feature_dim, rhythm_features)
 from models.unet1d_ultimate import UNet1D_ultimate
@@ -86,6 +86,8 @@ def test_mirror_swaps_left_and_right_and_is_its_own_inverse():
     assert mirrored[0, :, 3 * 21 + 1].tolist() == (-raw[0, :, 3 * 20 + 1]).tolist()  # y negated
     assert mirrored[0, -1, 72] == -raw[0, -1, 72] < -0.9                             # walks along -x
     assert MIRROR_PERM[16] == 17 and MIRROR_PERM[17] == 16 and MIRROR_PERM[15] == 15
+    # derived from models/layout.py's SMPL_LR_PAIRS: the table motion_features.py spelled out before
+    assert MIRROR_PERM == [0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20, 23, 22]
     # the rhythm channels of the mirror are the same channels with left and right swapped
     f, fm = rhythm_features(raw)[0], rhythm_features(mirrored)[0]
     torch.testing.assert_close(fm[:, :24], f[:, MIRROR_PERM], atol=1e-4, rtol=0)
