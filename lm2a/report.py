@@ -28,6 +28,16 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+import torch
+
+from lm2a.clipio import write_text_atomic
+from lm2a.data import collate_fn
+from lm2a.evalplots import pyplot
+from lm2a.generate import clip_seed
+from lm2a.lyrics import MAX_TOKENS, resolve_encoder_path
+from lm2a.plots import mel_figure
+from lm2a.rhythm import METRIC_SOURCES, RESOLUTION_NOTE, aist_motion_beats
+from models.cross_attention import CrossAttentionBlock
 
 REPORT_FILE = "report.html"
 ASSET_DIR = "report"
@@ -68,12 +78,9 @@ def default_attention_layer(model) -> str:
     return f"up.{len(model.up) - 1}.attn"
 
 
-@contextlib.contextmanager
-def record_attention(model, layer_name=None):
-    """with record_attention(unet, "up.1.attn") as block: unet(...); block.attention_weights ->
-    {"motion": (B, T_layer, Tm), "lyrics": (B, T_layer, 1 + L)} averaged over heads. The block's
-    outputs are unchanged; recording stops (and the weights are dropped) when the block ends."""
-    from models.cross_attention import CrossAttentionBlock
+def attention_block(model, layer_name=None):
+    """The CrossAttentionBlock named layer_name (None = default_attention_layer). Raises ValueError
+    listing the blocks there are, so a typo fails before any work."""
     layer_name = layer_name or default_attention_layer(model)
     try:
         block = model.get_submodule(layer_name)
@@ -84,6 +91,15 @@ def record_attention(model, layer_name=None):
     if not isinstance(block, CrossAttentionBlock):
         raise ValueError(f"attention layer {layer_name!r} is a {type(block).__name__}, not a "
                          f"CrossAttentionBlock")
+    return block
+
+
+@contextlib.contextmanager
+def record_attention(model, layer_name=None):
+    """with record_attention(unet, "up.1.attn") as block: unet(...); block.attention_weights ->
+    {"motion": (B, T_layer, Tm), "lyrics": (B, T_layer, 1 + L)} averaged over heads. The block's
+    outputs are unchanged; recording stops (and the weights are dropped) when the block ends."""
+    block = attention_block(model, layer_name)
     block.record_attention = True
     try:
         yield block
@@ -97,9 +113,6 @@ def attention_maps(diffusion, item, mel, layer=None, t=None, seed=0):
     normalised and noised to timestep t (default T/2, noise from `seed`), with the item's motion and
     lyrics (lm2a.generate.load_clips items) -> dict(lyrics (T_q, 1 + L), motion (T_q, Tm) numpy
     weights averaged over heads, query_stride (mel frames per query), mel_frames (T), layer, t)."""
-    import torch
-
-    from dataset import collate_fn
     model = diffusion.model
     layer = layer or default_attention_layer(model)
     t = diffusion.timesteps // 2 if t is None else int(t)
@@ -123,9 +136,7 @@ def attention_maps(diffusion, item, mel, layer=None, t=None, seed=0):
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(text_encoder):
-    from transformers import AutoTokenizer
-
-    from lm2a.lyrics import resolve_encoder_path
+    from transformers import AutoTokenizer  # heavy, and only the attention labels need it
     path = resolve_encoder_path(text_encoder)
     if not Path(path).is_dir():        # never download at run time
         return None
@@ -136,7 +147,6 @@ def token_labels(text_encoder, lyric_text, n_tokens):
     """Labels of the lyric keys: "(null)" then the encoder's tokens of the line (special tokens
     included, as preprocess.py encoded them), or "#i" when the tokenizer is not at hand locally or
     its count differs from the clip's n_tokens."""
-    from lm2a.lyrics import MAX_TOKENS
     tokens = None
     try:
         tok = _tokenizer(str(text_encoder))
@@ -150,18 +160,11 @@ def token_labels(text_encoder, lyric_text, n_tokens):
     return ["(null)"] + list(tokens)
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_attention(path, maps, labels, motion_beat_s, sr, hop, title=""):
     """Two heatmaps over the mel frames (x, seconds): weight on each lyric token (rows labelled
     with `labels`) and on each motion frame (y, seconds; dashed lines = motion beats, dotted = the
     same moment)."""
-    plt = _plt()
+    plt = pyplot()
     lyr, mot = maps["lyrics"], maps["motion"]                 # (T_q, 1 + L), (T_q, Tm)
     dur = maps["mel_frames"] * hop / sr                       # queries and motion keys span the clip
     fig, axes = plt.subplots(2, 1, figsize=(10, 3.0 + 0.16 * len(labels) + 3.2), constrained_layout=True,
@@ -208,7 +211,6 @@ def clip_pages(out_dir, clips, picked, gens, wav_paths=None, pairs=None, seed=No
     """Writes the mel PNG of each picked clip -> list of per-clip dicts for write_report: name,
     song, start_s, seconds, lyric_text, mel_png, audio {real, generated, uncond, chance} (links or
     None), chance_name, clip_seed."""
-    from lm2a.generate import clip_seed, plot_mels
     out_dir = Path(out_dir)
     wav_paths = wav_paths or {}
     info = []
@@ -218,7 +220,8 @@ def clip_pages(out_dir, clips, picked, gens, wav_paths=None, pairs=None, seed=No
         other = clips[pairs[i]]["name"] if pairs is not None else None
         png = out_dir / ASSET_DIR / "mels" / f"{name}.png"
         png.parent.mkdir(parents=True, exist_ok=True)
-        plot_mels(png, gens[name], c["mel"], title=f"{name}: real (top) and generated, one colour scale")
+        mel_figure(png, [("real", [c["mel"]]), ("generated", [gens[name]])],
+                   title=f"{name}: real (top) and generated, one colour scale")
 
         def link(kind, clip_name):
             path = wav_paths.get(kind, {}).get(clip_name)
@@ -236,7 +239,6 @@ def clip_pages(out_dir, clips, picked, gens, wav_paths=None, pairs=None, seed=No
 def attention_pages(out_dir, diffusion, items, clips, names, layer=None, t=None, seed=0, gens=None):
     """Attention PNGs of the named clips (items: {name: load_clips item}, clips: {name: clip
     dict}, gens: {name: generated mel}) -> list of dict(name, png, layer, t, lyric_text)."""
-    from lm2a.rhythm import aist_motion_beats
     out_dir = Path(out_dir)
     out = []
     for name in names:
@@ -403,30 +405,33 @@ def settings_table(summary):
     return f"<table>{body}</table>"
 
 
+def attention_section(summary, attention):
+    """The cross-attention maps with how to read them, the reason there are none, or ""."""
+    if attention:
+        first = attention[0]
+        return (f"<h2>Cross-attention</h2><p>Layer <code>{html.escape(first['layer'])}</code> at diffusion "
+                f"step t = {first['t']} (the generated mel noised half-way), weights averaged over heads. "
+                f"Top: for each mel frame (x), the weight on each lyric token (row 0 is the learned null "
+                f"token); bottom: the weight on each motion frame (y), dashed lines at the motion's beats, "
+                f"the dotted diagonal where motion time equals mel time.</p>"
+                + "".join(f"<h3>{html.escape(a['name'])}: &ldquo;{html.escape(a['lyric_text'])}&rdquo;</h3>"
+                          f"<img src=\"{a['png']}\" alt=\"attention of {html.escape(a['name'])}\">"
+                          for a in attention))
+    if summary.get("attention", {}).get("skipped"):
+        return f"<h2>Cross-attention</h2><p class=note>{html.escape(summary['attention']['skipped'])}</p>"
+    return ""
+
+
 def write_report(out_dir, summary, rows, clips_info, attention=(), plots=()):
     """Writes OUT/report.html (summary with reference rows and a reading sentence, per-clip
     sections, attention maps, plots, settings) -> its path. Every link is relative to out_dir."""
-    from lm2a.clipio import write_text_atomic
-    from lm2a.rhythm import METRIC_SOURCES, RESOLUTION_NOTE
     out_dir = Path(out_dir)
     n = summary.get("counts", {})
     audio = summary.get("audio") or {}
     vocoder = audio.get("vocoder", "none (no waveform metrics)")
     sources = "".join(f"<li><code>{k}</code>: {html.escape(v)}</li>" for k, v in METRIC_SOURCES.items())
     notes = "".join(f"<li>{html.escape(x)}</li>" for x in summary.get("notes", []))
-    att = ""
-    if attention:
-        first = attention[0]
-        att = (f"<h2>Cross-attention</h2><p>Layer <code>{html.escape(first['layer'])}</code> at diffusion "
-               f"step t = {first['t']} (the generated mel noised half-way), weights averaged over heads. "
-               f"Top: for each mel frame (x), the weight on each lyric token (row 0 is the learned null "
-               f"token); bottom: the weight on each motion frame (y), dashed lines at the motion's beats, "
-               f"the dotted diagonal where motion time equals mel time.</p>"
-               + "".join(f"<h3>{html.escape(a['name'])}: &ldquo;{html.escape(a['lyric_text'])}&rdquo;</h3>"
-                         f"<img src=\"{a['png']}\" alt=\"attention of {html.escape(a['name'])}\">"
-                         for a in attention))
-    elif summary.get("attention", {}).get("skipped"):
-        att = f"<h2>Cross-attention</h2><p class=note>{html.escape(summary['attention']['skipped'])}</p>"
+    att = attention_section(summary, attention)
     plot_html = "".join(f"<img src=\"{quote(p)}\" alt=\"{html.escape(p)}\">" for p in plots
                         if (out_dir / p).is_file())
     npz_dir = html.escape(str(summary.get("settings", {}).get("npz_dir", "")))

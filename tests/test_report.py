@@ -16,16 +16,20 @@ import val
 from lm2a import report as REP
 from lm2a import rhythm as R
 from lm2a.lyrics import DEFAULT_TEXT_ENCODER
+from models.cross_attention import SDPAAttention, attention_weights
+from models.unet1d_ultimate import UNet1D_ultimate
 from tests.fakeclips import write_fake_clips
+from tests.rhythm_helpers import rhythm_metrics
 from tests.test_sample import TINY, make_checkpoint
 from tests.test_val import read_rows
+from tests.test_vocoder import tiny_bigvgan
 
 MEL_FRAMES, HOP, SR = 64, 256, 22050
 
 
 def _single_threaded_blas():
     """Griffin-Lim's small matrix products crawl when BLAS threads fight over 2 busy cores."""
-    try:
+    try:  # optional: without it the test is slower, not wrong
         from threadpoolctl import threadpool_limits
     except ImportError:
         return None
@@ -152,7 +156,7 @@ def test_rhythm_rows_are_those_of_the_written_wavs(run):
                     "shuffled": (wav("real", other) if other else None, wav("generated", name),
                                  clips[other]["motion"] if other else None),
                     "real": (real, real, motion)}[r["row"]]
-        scores = R.rhythm_metrics(*expected, sr=SR)
+        scores = rhythm_metrics(*expected, sr=SR)
         for key in R.RHYTHM_KEYS:
             if np.isnan(scores[key]):
                 assert r[key] == "nan", (r["row"], key)
@@ -175,11 +179,9 @@ def test_rhythm_rows_are_those_of_the_written_wavs(run):
     assert summary["counts"]["rows"] == {k: 4 for k in kinds}
 
 
-@pytest.mark.parametrize("attn_impl", ["sdpa", "mha"])
-def test_recording_attention_leaves_outputs_unchanged(attn_impl):
-    from models.unet1d_ultimate import UNet1D_ultimate
+def test_recording_attention_leaves_outputs_unchanged():
     torch.manual_seed(0)
-    model = UNet1D_ultimate(**dict(TINY, attn_impl=attn_impl)).eval()
+    model = UNet1D_ultimate(**TINY).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -210,7 +212,6 @@ def test_recording_attention_leaves_outputs_unchanged(attn_impl):
 
 def test_recorded_weights_reproduce_the_attention_output():
     """The weights are the ones the attention uses: weights @ V, projected, is its output."""
-    from models.cross_attention import SDPAAttention, attention_weights
     torch.manual_seed(1)
     attn = SDPAAttention(16, 8, num_heads=1)
     x, ctx = torch.randn(2, 7, 16), torch.randn(2, 5, 8)
@@ -223,7 +224,6 @@ def test_recorded_weights_reproduce_the_attention_output():
 def test_bigvgan_vocoder_and_no_audio(run, tmp_path):
     """--vocoder with a BigVGAN folder vocodes real and generated alike (wavs of the clip's length);
     --no_audio_metrics writes no audio and a report without players."""
-    from tests.test_vocoder import tiny_bigvgan
     voc = tiny_bigvgan(tmp_path / "tiny_bigvgan")
     out = tmp_path / "val"
     assert val.main(["--npz_dir", str(run["root"] / "test"), "--gen_dir", str(run["out"] / "generated"),

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import sample
 import val
 from lm2a.clipio import song_of_clip
+from lm2a.device import native_bf16
 from lm2a.lyrics import DEFAULT_TEXT_ENCODER
+from lm2a.metrics import mse
+from lm2a.trained import load_model
 from tests.fakeclips import write_fake_clips
-from lm2a import generate as G
 from tests.test_sample import generate_for_files, make_checkpoint
 
 PLOTS = ("mel_pairs.png", "metrics_bars.png", "hist_metrics.png")
@@ -92,16 +93,15 @@ def test_generates_and_writes_rows_summary_and_plots(clips, capsys):
         assert (out / name).stat().st_size > 1000
 
     # the model and uncond rows are sample.py's generations with the same seed and batches
-    diffusion, info = G.load_model(clips["ckpt"], "cpu")
-    ran = "bf16" if G.native_bf16("cpu") else "fp32"  # val.py's default precision "auto" on this CPU
+    diffusion, model = load_model(clips["ckpt"], "cpu")
+    ran = "bf16" if native_bf16("cpu") else "fp32"  # val.py's default precision "auto" on this CPU
     assert s["precision"] == s["uncond"]["precision"] == ran
     kw = dict(sampler="ddim", steps=2, eta=0.0, seed=4, batch_size=3, precision=ran)
     for folder, guidance in (("generated", 2.0), ("generated_uncond", 0.0)):
-        results, _ = generate_for_files(diffusion, info, clips["paths"], guidance=guidance, **kw)
+        results, _ = generate_for_files(diffusion, model, clips["paths"], guidance=guidance, **kw)
         for r in results:
             with np.load(out / folder / f"{r['name']}_gen.npz") as g:
                 np.testing.assert_array_equal(g["mel"], r["mel"])
-    from lm2a.metrics import mse
     first_clip = clips["paths"][0]
     with np.load(first_clip) as c, np.load(out / "generated_uncond" / f"{first_clip.stem}_gen.npz") as g:
         row = next(r for r in rows if r["row"] == "uncond" and r["name"] == first_clip.stem)
@@ -173,3 +173,14 @@ def test_gen_dir_equal_to_real_scores_perfectly(clips, tmp_path, capsys):
 def test_bad_inputs_fail_with_a_message(tmp_path, capsys):
     assert val.main(["--npz_dir", str(tmp_path / "missing"), "--out_dir", str(tmp_path / "v"), "--quiet"]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_unknown_attention_layer_fails_before_the_vocoder(clips, capsys):
+    """lm2a.report.attention_block checks --attention_layer as soon as the model is loaded: a typo
+    costs one generation, not a vocoding run."""
+    out = clips["root"] / "val_bad_layer"
+    rc = val.main(["--ckpt", str(clips["ckpt"]), "--npz_dir", str(clips["dir"]), "--out_dir", str(out),
+                   "--sampler", "ddim", "--steps", "1", "--max_samples", "1", "--attention_layer", "up.9.attn",
+                   "--no_references", "--quiet"])
+    assert rc == 2
+    assert "up.9.attn" in capsys.readouterr().err and not (out / "audio").exists()

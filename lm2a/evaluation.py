@@ -1,0 +1,489 @@
+"""Stage 5's library (val.py is its command line): generated log-mels scored against the real clips
+of a split, with reference rows, written as per_clip.csv, summary.json, plots and report.html.
+
+    summary = evaluate(EvalOptions(npz_dir="split/test", out_dir="val", ...), SamplingConfig())
+
+Rows (per_clip.csv's `row` column; val.py's docstring says how to read them): model (generated vs
+real), uncond (guidance 0, no conditions), chance (another real clip), shuffled (the generation
+against another clip's audio and motion), real (the real audio against its own motion: the ceiling).
+"""
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lm2a import evalaudio, report
+from lm2a import metrics as M
+from lm2a.checkpoint import CheckpointError
+from lm2a.clipio import json_safe, list_clip_files, write_text_atomic
+from lm2a.device import pick_device, resolve_precision
+from lm2a.evalplots import plot_histograms, plot_mel_pairs, plot_metric_bars
+from lm2a.generate import (GEN_SUFFIX, RECORD_KEYS, check_settings, generate_for_items, load_clips, read_generated,
+                           usable_items)
+from lm2a.rhythm import (METRIC_SOURCES, ONSET_PAD_MODE, PAPER_SR, RESOLUTION_NOTE, RHYTHM_KEYS, rhythm_scores,
+                         summarize_rhythm)
+from lm2a.trained import load_model
+from models.diffusion import SamplingConfig
+
+ROW_KINDS = ("model", "uncond", "chance", "shuffled", "real")
+METRICS = ("mse", "ssim", "cosine", "mean_error", "std_error", "snr_db", "lsd_db", "onset_precision",
+           "onset_recall", "onset_f1", "beat_align", "beat_align_shuffled", "beat_align_real") + RHYTHM_KEYS
+CSV_COLUMNS = ("name", "song", "start_s", "row", "paired_with") + METRICS
+# panels of metrics_bars.png and hist_metrics.png (the shuffled / real columns are rows there)
+PLOT_METRICS = tuple(m for m in METRICS if m not in ("beat_align_shuffled", "beat_align_real")
+                     and (m not in RHYTHM_KEYS or m in ("bhs_d2m_1s", "bhs_d2m_5hz", "f1_loris_1s",
+                                                        "f1_loris_5hz", "bas_aist")))
+GEN_SETTING_KEYS = tuple(SamplingConfig.__dataclass_fields__) + RECORD_KEYS
+PLOTS = ("mel_pairs.png", "metrics_bars.png", "hist_metrics.png")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """val.py's flags beside the sampling ones. No defaults here: val.py's UPPERCASE constants are
+    the one place they are set."""
+    npz_dir: str            # real clips (a split folder)
+    out_dir: str            # csv, json, plots, report.html, generated files and wavs go here
+    ckpt: str               # checkpoint file or folder; with gen_dir only needed for the uncond row
+    gen_dir: str            # read <name>_gen.npz from here instead of generating ("" = generate)
+    max_samples: int        # the first N clips only (0 = all)
+    references: bool        # the uncond / chance / shuffled / real rows
+    audio_metrics: bool     # vocode and score the waveforms (and play them in report.html)
+    vocoder: str            # BigVGAN folder, name or hub id ("" = Griffin-Lim)
+    gl_iters: int           # Griffin-Lim iterations
+    report_clips: int       # clips shown in report.html
+    attention_clips: int    # clips with cross-attention maps in report.html
+    attention_layer: str    # cross-attention block ("" = lm2a.report.default_attention_layer)
+    plot_clips: int         # clips shown in mel_pairs.png
+    use_ema: bool
+    device: str             # auto, cpu, cuda
+    progress: bool = True   # tqdm bars
+
+
+@dataclass
+class Generations:
+    """The generated rows: model (always) and uncond (with references and a model at hand)."""
+    model: dict                    # {name: mel (80, T)}
+    model_settings: dict           # summary.json's settings of the model row
+    skipped: list                  # [(name, reason)]
+    diffusion: object = None       # the loaded network (uncond row, attention maps) or None
+    uncond: dict = None            # {name: mel (80, T)} or None
+    uncond_settings: dict = None
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+def load_real_clips(paths, info=None):
+    """Clip files, each read once (lm2a.generate.load_clips) -> (items, skipped [(name, reason)]).
+    Each item's `clip` holds the arrays the metrics use: mel (80, T), motion (frames, 234) at fps."""
+    items, skipped = load_clips(paths, info)
+    return items, [(Path(p).stem, reason) for p, reason in skipped]
+
+
+def real_inputs(opts):
+    """The listed clip files (max_samples of them) and their items -> (paths, items, skipped).
+    Raises ValueError when none is readable."""
+    paths = list_clip_files(opts.npz_dir)
+    if opts.max_samples > 0:
+        paths = paths[:opts.max_samples]
+    items, skipped = load_real_clips(paths)
+    if not items:
+        raise ValueError(f"{opts.npz_dir}: no readable clip ({skipped[0][1] if skipped else 'empty folder'})")
+    return paths, items, skipped
+
+
+def _generated_problem(path, gen, item):
+    """Why a read generated file cannot stand for its clip, or None."""
+    clip, source = item["clip"], item["meta"]["source_npz"]
+    mel = gen["mel"]
+    if mel.shape != clip["mel"].shape:
+        return f"{path}: mel {mel.shape} vs real {clip['mel'].shape} in {source}"
+    if not np.isfinite(mel).all():
+        return f"{path}: generated mel holds NaN/inf values"
+    if gen["mel_config"] is not None:
+        diffs = gen["mel_config"].differences(item["mel_config"], "generated", "clip")
+        if diffs:
+            return f"{path}: mel config differs from {source}: {'; '.join(diffs)}"
+    return None
+
+
+def generated_for_clips(gen_dir, items):
+    """Matches <name>_gen.npz in gen_dir to the real clips -> (gens {name: mel (80, T)},
+    settings {name: {sampler, steps, ...}}, skipped [(name, reason)])."""
+    gen_dir = Path(gen_dir)
+    if not gen_dir.is_dir():
+        raise FileNotFoundError(f"{gen_dir}: --gen_dir is not a folder (run sample.py --out_dir "
+                                f"{gen_dir} first)")
+    gens, settings, skipped = {}, {}, []
+    for item in items:
+        name = item["name"]
+        path = gen_dir / f"{name}{GEN_SUFFIX}.npz"
+        if not path.is_file():
+            skipped.append((name, f"{path}: no generated file for {item['meta']['source_npz']}"))
+            continue
+        try:
+            gen = read_generated(path)
+        except ValueError as e:
+            skipped.append((name, str(e)))
+            continue
+        problem = _generated_problem(path, gen, item)
+        if problem:
+            skipped.append((name, problem))
+            continue
+        gens[name] = gen["mel"]
+        settings[name] = gen["settings"]
+    return gens, settings, skipped
+
+
+def common_settings(per_file):
+    """{key: value} when all files agree, {key: [values]} when they do not."""
+    out = {}
+    for k in GEN_SETTING_KEYS:
+        values = []
+        for s in per_file.values():
+            if k in s and s[k] not in values:
+                values.append(s[k])
+        if values:
+            out[k] = values[0] if len(values) == 1 else values
+    return out
+
+
+# ---- generation -------------------------------------------------------------------------------
+def checkpoint_record(info):
+    """What summary.json records of the checkpoint beside the sampling settings."""
+    return dict(ckpt_path=info.path, ckpt_step=info.step, use_ema=info.use_ema)
+
+
+def model_row_from_files(opts, settings, items, device, notes):
+    """The model row read from opts.gen_dir -> (Generations, settings for the uncond row: the
+    flags, with what every file records in their place, info or None)."""
+    gens, per_file, skipped = generated_for_clips(opts.gen_dir, items)
+    recorded = common_settings(per_file)
+    model_settings = {k: recorded.get(k) for k in GEN_SETTING_KEYS}  # as the files say
+    # the uncond row repeats the generation's settings where the files agree on them
+    settings = replace(settings, **{k: v for k, v in recorded.items()
+                                    if k in asdict(settings) and not isinstance(v, list)})
+    diffusion = info = None
+    if opts.references:
+        try:
+            diffusion, info = load_model(opts.ckpt, device, use_ema=opts.use_ema)
+        except (FileNotFoundError, CheckpointError) as e:
+            notes.append(f"uncond row skipped: no usable --ckpt ({e})")
+        if info is not None and "ckpt_step" in recorded and recorded["ckpt_step"] != info.step:
+            notes.append(f"--ckpt is step {info.step}, the generated files record step "
+                         f"{recorded['ckpt_step']}: the uncond row comes from a different model")
+    return Generations(gens, model_settings, skipped, diffusion), settings, info
+
+
+def model_row_generated(opts, settings, items, device):
+    """The model row generated here (written to OUT/generated/) -> (Generations, the settings as
+    run, info)."""
+    diffusion, info = load_model(opts.ckpt, device, use_ema=opts.use_ema)
+    settings = resolve_precision(settings, device)
+    problem = check_settings(settings, info)
+    if problem:
+        raise ValueError(problem)
+    items, skipped = usable_items(items, info)
+    skipped = [(Path(p).stem, reason) for p, reason in skipped]
+    results = generate_for_items(diffusion, info, items, settings, Path(opts.out_dir) / "generated", png=False,
+                                 progress=opts.progress, desc="model")
+    gens = {r["name"]: r["mel"] for r in results}
+    model_settings = dict(asdict(settings), **checkpoint_record(info))
+    return Generations(gens, model_settings, skipped, diffusion), settings, info
+
+
+def add_uncond_row(opts, gen, info, items, settings, notes):
+    """The same generation with both conditions dropped (guidance 0, same per-clip noise), written
+    to OUT/generated_uncond/; left None (with a note) when the checkpoint refuses some clips."""
+    usable, _ = usable_items([it for it in items if it["name"] in gen.model], info)
+    uncond_cfg = replace(settings, guidance=0.0)
+    results = generate_for_items(gen.diffusion, info, usable, uncond_cfg, Path(opts.out_dir) / "generated_uncond",
+                                 png=False, progress=opts.progress, desc="uncond")
+    uncond = {r["name"]: r["mel"] for r in results}
+    if len(uncond) != len(gen.model):
+        notes.append(f"uncond row: {len(gen.model) - len(uncond)} clips refused by the checkpoint")
+        return
+    gen.uncond = uncond
+    gen.uncond_settings = dict(asdict(uncond_cfg), **checkpoint_record(info))
+
+
+def generated_rows(opts, settings, items, device, notes):
+    """The model row's mels (generated here or read from opts.gen_dir) and, with references, the
+    uncond row's -> Generations."""
+    if opts.gen_dir:
+        gen, settings, info = model_row_from_files(opts, settings, items, device, notes)
+    else:
+        gen, settings, info = model_row_generated(opts, settings, items, device)
+    if opts.references and gen.diffusion is not None:
+        add_uncond_row(opts, gen, info, items, settings, notes)
+    return gen
+
+
+def evaluated_clips(items, gens, skipped):
+    """The real clips that have a generated mel: each its clip dict with its name and its mel_config
+    parsed (MelConfig). Raises ValueError naming the first reasons when none has."""
+    clips = [dict(it["clip"], name=it["name"], mel_config=it["mel_config"]) for it in items if it["name"] in gens]
+    if not clips:
+        reasons = "; ".join(r for _, r in skipped[:3])
+        raise ValueError(f"no clip to evaluate ({reasons})")
+    return clips
+
+
+# ---- waveforms --------------------------------------------------------------------------------
+def waveforms(opts, clips, gen, device, notes):
+    """The real, generated and uncond mels through one vocoder (lm2a.evalaudio), written to
+    OUT/audio/<set>/<name>.wav -> (wav paths {set: {name: path}}, {set: {name: audio_rhythm}},
+    audio settings for summary.json); ({}, None, None) without opts.audio_metrics."""
+    if not opts.audio_metrics:
+        return {}, None, None
+    configs = {c["mel_config"] for c in clips}
+    if len(configs) > 1:
+        raise ValueError(f"{opts.npz_dir}: the clips hold {len(configs)} different mel configs; one "
+                         f"vocoder cannot serve them (evaluate one preprocess.py output at a time)")
+    mel_cfg = configs.pop()
+    model, audio_settings = evalaudio.open_vocoder(opts.vocoder, mel_cfg, device, opts.gl_iters, notes)
+    mel_sets = {"real": {c["name"]: c["mel"] for c in clips}, "generated": gen.model, "uncond": gen.uncond}
+    paths, wavs = evalaudio.vocode_sets(mel_sets, mel_cfg, Path(opts.out_dir) / evalaudio.AUDIO_DIR, model,
+                                        opts.gl_iters, opts.progress)
+    analysis = evalaudio.analyse_sets(wavs, mel_cfg.sampling_rate, int(clips[0]["fps"]), opts.progress)
+    audio_settings.update(sample_rate=mel_cfg.sampling_rate,
+                          wav="16-bit PCM, read back for the metrics", wav_dir=evalaudio.AUDIO_DIR,
+                          analysis_rate=PAPER_SR, onset_pad_mode=ONSET_PAD_MODE)
+    return paths, analysis, audio_settings
+
+
+# ---- metrics ----------------------------------------------------------------------------------
+def _crop_pair(a, b):
+    """Two mels of possibly different lengths -> both cut to the shorter one."""
+    t = min(a.shape[1], b.shape[1])
+    return a[:, :t], b[:, :t]
+
+
+def score_pair(ref, est_mel, motion, fps, ref_audio=None, est_audio=None):
+    """Metrics of an estimate against the real clip `ref` (evaluated_clips; both mels cropped to the
+    shorter), beat scores against `motion`; with audio (lm2a.rhythm.audio_rhythm dicts) the rhythm scores too."""
+    a, b = _crop_pair(ref["mel"], est_mel)
+    row = M.clip_metrics(a, b, ref["mel_config"], motion, fps)
+    if ref_audio is not None and est_audio is not None:
+        row.update(rhythm_scores(ref_audio, est_audio, motion, fps))
+    return row
+
+
+def real_row(clip, fps, audio=None):
+    """The ceiling: the real audio against its own motion (beat scores; onset scores are 1)."""
+    audio_beats = M.audio_beats(clip["mel"], clip["mel_config"])
+    row = {"beat_align": M.beat_alignment(M.motion_beats(clip["motion"], fps), audio_beats)}
+    if audio is not None:
+        row.update(rhythm_scores(audio, audio, clip["motion"], fps))
+    return row
+
+
+def clip_rows(clips, i, gens, uncond, pairs, references, sound):
+    """The rows of clip i (compute_rows); sound(set, name) -> its audio_rhythm dict or None."""
+    c = clips[i]
+    name, fps = c["name"], int(c["fps"])
+    base = {"name": name, "song": c["song"], "start_s": c["start_s"]}
+    rows = []
+
+    def add(kind, ref, est_mel, est_audio, motion, paired_with=""):
+        row = dict(base, row=kind, paired_with=paired_with,
+                   **score_pair(ref, est_mel, motion, fps, sound("real", ref["name"]), est_audio))
+        rows.append(row)
+        return row
+    model = add("model", c, gens[name], sound("generated", name), c["motion"])
+    if not references:
+        return rows
+    if uncond is not None:
+        add("uncond", c, uncond[name], sound("uncond", name), c["motion"])
+    if pairs is not None:
+        other = clips[pairs[i]]
+        add("chance", c, other["mel"], sound("real", other["name"]), c["motion"], other["name"])
+        shuffled = add("shuffled", other, gens[name], sound("generated", name), other["motion"], other["name"])
+        model["beat_align_shuffled"], model["paired_with"] = shuffled["beat_align"], other["name"]
+    real = dict(base, row="real", paired_with="", **real_row(c, fps, sound("real", name)))
+    model["beat_align_real"] = real["beat_align"]
+    rows.append(real)
+    return rows
+
+
+def compute_rows(clips, gens, uncond=None, pairs=None, references=True, progress=True, audio=None):
+    """Per-clip metric rows (module docstring). clips: real clips (load_real_clips), gens {name: mel},
+    uncond {name: mel} or None, pairs: permutation (chance_pairs) or None, audio: {real|generated|
+    uncond: {name: lm2a.rhythm.audio_rhythm dict}} of the vocoded waveforms or None. -> row dicts."""
+    def sound(kind, name):
+        return audio[kind][name] if audio and kind in audio else None
+    rows = []
+    for i in tqdm(range(len(clips)), desc="metrics", unit="clip", disable=not progress):
+        rows += clip_rows(clips, i, gens, uncond, pairs, references, sound)
+    return rows
+
+
+def pair_clips(clips, seed, references, notes):
+    """The chance / shuffled pairing (lm2a.metrics.chance_pairs, another song where possible) or
+    None."""
+    if not references:
+        return None
+    if len(clips) < 2:
+        notes.append("chance and shuffled rows need at least 2 clips")
+        return None
+    pairs = M.chance_pairs([c["song"] for c in clips], seed=seed)
+    same_song = sum(clips[i]["song"] == clips[j]["song"] for i, j in enumerate(pairs))
+    if same_song:
+        notes.append(f"chance pairs: {same_song} of {len(clips)} paired within their song "
+                     f"(one song holds more than half of the clips)")
+    return pairs
+
+
+def frechet_distances(clips, gens, uncond, seed):
+    """{model, uncond, chance, real_split_half}: Fréchet distance of each generated set to the real
+    set; real_split_half compares two random halves of the real set (the floor at this size)."""
+    real = [c["mel"] for c in clips]
+    out = {"model": M.frechet_distance(real, [gens[c["name"]] for c in clips]),
+           "uncond": M.frechet_distance(real, [uncond[c["name"]] for c in clips]) if uncond else None,
+           "chance": None, "real_split_half": None}
+    if len(clips) >= 2:
+        order = np.random.default_rng(seed).permutation(len(clips))
+        half = len(clips) // 2
+        out["real_split_half"] = M.frechet_distance([real[i] for i in order[:half]],
+                                                    [real[i] for i in order[half:]])
+    return out
+
+
+# ---- aggregation ------------------------------------------------------------------------------
+def summarize_rows(rows):
+    """{row kind: dict(n, metrics={metric: lm2a.metrics.summarize stats})}, kinds in ROW_KINDS order."""
+    out = {}
+    for kind in ROW_KINDS:
+        sel = [{k: r[k] for k in METRICS if k in r} for r in rows if r["row"] == kind]
+        if sel:
+            out[kind] = dict(n=len(sel), metrics=M.summarize(sel))
+    return out
+
+
+def rhythm_summary(rows):
+    """{row kind: lm2a.rhythm.summarize_rhythm} of the rows holding waveform metrics."""
+    out = {}
+    for kind in ROW_KINDS:
+        sel = [r for r in rows if r["row"] == kind and RHYTHM_KEYS[0] in r]
+        if sel:
+            out[kind] = summarize_rhythm(sel)
+    return out
+
+
+def beat_table(summary_rows):
+    """Mean beat alignment of every reference, side by side."""
+    def mean(kind, key):
+        try:
+            return summary_rows[kind]["metrics"][key]["mean"]
+        except KeyError:
+            return None
+    return {"model": mean("model", "beat_align"), "uncond": mean("uncond", "beat_align"),
+            "chance": mean("chance", "beat_align"), "shuffled": mean("model", "beat_align_shuffled"),
+            "real": mean("model", "beat_align_real")}
+
+
+def make_summary(opts, gen, seed, device, n_listed, clips, skipped, pairs, rows, summary_rows, frechet,
+                 audio, audio_settings, notes):
+    """summary.json's content, report and timings aside."""
+    return {
+        "settings": dict(gen.model_settings, npz_dir=str(Path(opts.npz_dir).resolve()),
+                         gen_dir=str(Path(opts.gen_dir).resolve()) if opts.gen_dir else None,
+                         generated_here=not opts.gen_dir, max_samples=opts.max_samples,
+                         references=opts.references, chance_seed=seed if pairs is not None else None,
+                         uncond=gen.uncond_settings, device=str(device)),
+        "counts": {"clips_listed": n_listed, "clips_evaluated": len(clips),
+                   "clips_skipped": len(skipped), "songs": len({c["song"] for c in clips}),
+                   "rows": {k: v["n"] for k, v in summary_rows.items()}},
+        "rows": summary_rows,
+        "rhythm": rhythm_summary(rows) if audio else None,
+        "rhythm_sources": dict(METRIC_SOURCES),
+        "rhythm_resolution_note": RESOLUTION_NOTE,
+        "audio": audio_settings,
+        "frechet": frechet,
+        "beat_alignment": beat_table(summary_rows),
+        "skipped": [{"clip": n, "reason": r} for n, r in skipped],
+        "notes": notes,
+    }
+
+
+# ---- output -----------------------------------------------------------------------------------
+def write_csv(path, rows):
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, restval="", extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_text_atomic(path, buf.getvalue())
+
+
+def write_tables_and_plots(out_dir, rows, summary_rows, clips, gen, plot_clips):
+    """per_clip.csv and the three PLOTS."""
+    write_csv(out_dir / "per_clip.csv", rows)
+    plot_mel_pairs(out_dir / PLOTS[0], clips, gen.model, gen.uncond, n=plot_clips)
+    plot_metric_bars(out_dir / PLOTS[1], summary_rows, PLOT_METRICS, ROW_KINDS)
+    plot_histograms(out_dir / PLOTS[2], rows, PLOT_METRICS, ROW_KINDS)
+
+
+def attention_record(summary, attention, names, seed):
+    """summary["attention"]: what the maps show, or why there are none."""
+    if attention:
+        weights = "EMA" if summary["settings"].get("use_ema") else "raw"
+        return {"layer": attention[0]["layer"], "t": attention[0]["t"], "clips": names,
+                "input": f"the generated mel noised to t (noise seed {seed}), {weights} weights, heads averaged"}
+    return {"skipped": "no attention maps: no model loaded (--gen_dir without a usable --ckpt, or "
+                       "--no_references)"}
+
+
+def write_report_files(opts, summary, rows, clips, items, gen, pairs, wav_paths, seed):
+    """Mel and attention PNGs of the shown clips and report.html (lm2a.report) -> its path;
+    records the attention settings in summary["attention"]."""
+    out_dir = Path(opts.out_dir)
+    picked = report.pick_clips(clips, max(opts.report_clips, 0))
+    recorded_seed = summary["settings"].get("seed")
+    info = report.clip_pages(out_dir, clips, picked, gen.model, wav_paths, pairs,
+                             recorded_seed if isinstance(recorded_seed, int) else None)
+    names = [clips[i]["name"] for i in picked[:max(opts.attention_clips, 0)]]
+    attention = []
+    if names and gen.diffusion is not None:
+        attention = report.attention_pages(out_dir, gen.diffusion, {it["name"]: it for it in items},
+                                           {c["name"]: c for c in clips}, names, opts.attention_layer or None,
+                                           seed=seed, gens=gen.model)
+    if names:
+        summary["attention"] = attention_record(summary, attention, names, seed)
+    return report.write_report(out_dir, summary, rows, info, attention, PLOTS)
+
+
+def evaluate(opts, settings):
+    """Runs stage 5 with the sampling `settings` (their seed also seeds the chance pairing, the
+    split halves and the attention noise); returns the summary dict (also OUT/summary.json)."""
+    t_start = time.perf_counter()
+    out_dir, seed, notes = Path(opts.out_dir), settings.seed, []
+    paths, items, skipped = real_inputs(opts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(opts.device)
+    t_gen = time.perf_counter()
+    gen = generated_rows(opts, settings, items, device, notes)
+    skipped += gen.skipped
+    if opts.attention_layer and gen.diffusion is not None:   # a typo fails now, not after the vocoder
+        report.attention_block(gen.diffusion.model, opts.attention_layer)
+    clips = evaluated_clips(items, gen.model, skipped)
+    t_audio = time.perf_counter()
+    wav_paths, audio, audio_settings = waveforms(opts, clips, gen, device, notes)
+    t_metrics = time.perf_counter()
+    pairs = pair_clips(clips, seed, opts.references, notes)
+    rows = compute_rows(clips, gen.model, gen.uncond, pairs, opts.references, opts.progress, audio)
+    summary_rows = summarize_rows(rows)
+    frechet = frechet_distances(clips, gen.model, gen.uncond, seed)
+    t_outputs = time.perf_counter()
+    write_tables_and_plots(out_dir, rows, summary_rows, clips, gen, opts.plot_clips)
+    summary = make_summary(opts, gen, seed, device, len(paths), clips, skipped, pairs, rows, summary_rows,
+                           frechet, audio, audio_settings, notes)
+    summary["report"] = write_report_files(opts, summary, rows, clips, items, gen, pairs, wav_paths, seed).name
+    summary["seconds"] = {"total": round(time.perf_counter() - t_start, 3),
+                          "generation": round(t_audio - t_gen, 3),
+                          "audio": round(t_metrics - t_audio, 3), "metrics": round(t_outputs - t_metrics, 3)}
+    write_text_atomic(out_dir / "summary.json", json.dumps(json_safe(summary), indent=2))
+    return summary
