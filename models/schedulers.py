@@ -73,8 +73,10 @@ def linspace_timesteps(num_train_timesteps, steps):
 #   sigmas = sqrt((1 - ab) / ab) (until set_timesteps replaces them)                   DPM++, UniPC
 #   final_alpha_cumprod: the alphas_cumprod that DDIMScheduler.step goes to when
 #   t - T // num_inference_steps < 0                                                           DDIM
+#   num_inference_steps: the step count; DDPM's set_timesteps(timesteps=...) leaves it None, so
+#   LinspaceDDPMScheduler sets it (only so it reads right: with custom timesteps step() ignores it)
 DIFFUSERS_INTERNALS = {
-    DDPMScheduler: ("betas", "alphas", "alphas_cumprod"),
+    DDPMScheduler: ("betas", "alphas", "alphas_cumprod", "num_inference_steps"),
     DDIMScheduler: ("betas", "alphas", "alphas_cumprod", "final_alpha_cumprod", "num_inference_steps"),
     DPMSolverMultistepScheduler: ("betas", "alphas", "alphas_cumprod", "alpha_t", "sigma_t", "lambda_t",
                                   "sigmas"),
@@ -145,7 +147,7 @@ class LinspaceDDPMScheduler(DDPMScheduler):
             super().set_timesteps(num_inference_steps, device=device)
         else:
             super().set_timesteps(timesteps=timesteps, device=device)
-            self.num_inference_steps = len(self.timesteps)
+            self.num_inference_steps = len(self.timesteps)  # see DIFFUSERS_INTERNALS
 
 
 class NextStepDDIMScheduler(DDIMScheduler):

@@ -8,7 +8,8 @@ nn.MultiheadAttention, preloaded vs per-item loader, DDIM-50 vs DDPM-1000, AMP v
 in the same run, interleaved. Prints a table and writes JSON. On CUDA the training and sampling rows
 are taken with fp32 and with AMP bf16, and peak GPU memory is reported.
 
-Training times lm2a.training.train_step, the step train.py takes. Sampling times
+Training times lm2a.training.train_step, the step train.py takes, with our SDPA attention and with the
+nn.MultiheadAttention baseline, which lives here only (MHAAttention, swapped in by mha_attention()). Sampling times
 GaussianDiffusion.sample, the path sample.py and val.py take: one sampler step is one guided forward
 of the doubled batch plus the scheduler update, every step of a sampler costs about the same, so
 seconds per clip = median step time (over SAMPLE_STEPS_TIMED steps) x the sampler's steps / batch,
