@@ -267,7 +267,7 @@ class GaussianDiffusion(nn.Module):
     @torch.no_grad()
     def sample(self, motion, lyrics, lyric_pad_mask=None, length=None, settings: SamplingConfig = None,
                generator=None, progress=False, known=None, known_mask=None):
-        """Generate RAW log-mel (B, mel_dim, length) for RAW motion (B, Tm, 234) and lyric tokens
+        """Generate RAW log-mel (B, mel_dim, length) for RAW motion (B, Tm, motion_dim) and lyric tokens
         (B, L, D) with `settings` (SamplingConfig: sampler, steps, eta, guidance, clip_x0, precision),
         through a diffusers scheduler (models/schedulers.py). settings.precision must be resolved
         ("fp32" or "bf16"): the caller turns "auto" into one of them for its device. `length` defaults
