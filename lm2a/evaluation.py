@@ -75,6 +75,15 @@ class Generations:
     uncond_settings: dict = None
 
 
+@dataclass
+class Scores:
+    """The metrics of the evaluated clips."""
+    pairs: object           # the chance / shuffled pairing (a permutation of the clips) or None
+    rows: list              # per-clip row dicts (per_clip.csv)
+    summary_rows: dict      # summarize_rows(rows)
+    frechet: dict           # frechet_distances
+
+
 # ---- inputs -----------------------------------------------------------------------------------
 def load_real_clips(paths, info=None):
     """Clip files, each read once (lm2a.generate.load_clips) -> (items, skipped [(name, reason)]).
@@ -352,6 +361,14 @@ def frechet_distances(clips, gens, uncond, seed):
     return out
 
 
+def score_clips(clips, gen, audio, seed, references, progress, notes):
+    """Every row of every clip, their summary and the Fréchet distances -> Scores. audio: the
+    waveforms' analysis (waveforms) or None."""
+    pairs = pair_clips(clips, seed, references, notes)
+    rows = compute_rows(clips, gen.model, gen.uncond, pairs, references, progress, audio)
+    return Scores(pairs, rows, summarize_rows(rows), frechet_distances(clips, gen.model, gen.uncond, seed))
+
+
 # ---- aggregation ------------------------------------------------------------------------------
 def summarize_rows(rows):
     """{row kind: dict(n, metrics={metric: lm2a.metrics.summarize stats})}, kinds in ROW_KINDS order."""
@@ -385,24 +402,24 @@ def beat_table(summary_rows):
             "real": mean("model", "beat_align_real")}
 
 
-def make_summary(opts, gen, seed, device, n_listed, clips, skipped, pairs, rows, summary_rows, frechet,
-                 audio, audio_settings, notes):
+def make_summary(opts, gen, scores, clips, n_listed, skipped, audio, audio_settings, seed, device, notes):
     """summary.json's content, report and timings aside."""
+    summary_rows = scores.summary_rows
     return {
         "settings": dict(gen.model_settings, npz_dir=str(Path(opts.npz_dir).resolve()),
                          gen_dir=str(Path(opts.gen_dir).resolve()) if opts.gen_dir else None,
                          generated_here=not opts.gen_dir, max_samples=opts.max_samples,
-                         references=opts.references, chance_seed=seed if pairs is not None else None,
+                         references=opts.references, chance_seed=seed if scores.pairs is not None else None,
                          uncond=gen.uncond_settings, device=str(device)),
         "counts": {"clips_listed": n_listed, "clips_evaluated": len(clips),
                    "clips_skipped": len(skipped), "songs": len({c["song"] for c in clips}),
                    "rows": {k: v["n"] for k, v in summary_rows.items()}},
         "rows": summary_rows,
-        "rhythm": rhythm_summary(rows) if audio else None,
+        "rhythm": rhythm_summary(scores.rows) if audio else None,
         "rhythm_sources": dict(METRIC_SOURCES),
         "rhythm_resolution_note": RESOLUTION_NOTE,
         "audio": audio_settings,
-        "frechet": frechet,
+        "frechet": scores.frechet,
         "beat_alignment": beat_table(summary_rows),
         "skipped": [{"clip": n, "reason": r} for n, r in skipped],
         "notes": notes,
@@ -419,12 +436,12 @@ def write_csv(path, rows):
     write_text_atomic(path, buf.getvalue())
 
 
-def write_tables_and_plots(out_dir, rows, summary_rows, clips, gen, plot_clips):
+def write_tables_and_plots(out_dir, scores, clips, gen, plot_clips):
     """per_clip.csv and the three PLOTS."""
-    write_csv(out_dir / "per_clip.csv", rows)
+    write_csv(out_dir / "per_clip.csv", scores.rows)
     plot_mel_pairs(out_dir / PLOTS[0], clips, gen.model, gen.uncond, n=plot_clips)
-    plot_metric_bars(out_dir / PLOTS[1], summary_rows, PLOT_METRICS, ROW_KINDS)
-    plot_histograms(out_dir / PLOTS[2], rows, PLOT_METRICS, ROW_KINDS)
+    plot_metric_bars(out_dir / PLOTS[1], scores.summary_rows, PLOT_METRICS, ROW_KINDS)
+    plot_histograms(out_dir / PLOTS[2], scores.rows, PLOT_METRICS, ROW_KINDS)
 
 
 def attention_record(summary, attention, names, seed):
@@ -437,13 +454,13 @@ def attention_record(summary, attention, names, seed):
                        "--no_references)"}
 
 
-def write_report_files(opts, summary, rows, clips, items, gen, pairs, wav_paths, seed):
+def write_report_files(opts, summary, scores, clips, items, gen, wav_paths, seed):
     """Mel and attention PNGs of the shown clips and report.html (lm2a.report) -> its path;
     records the attention settings in summary["attention"]."""
     out_dir = Path(opts.out_dir)
     picked = report.pick_clips(clips, max(opts.report_clips, 0))
     recorded_seed = summary["settings"].get("seed")
-    info = report.clip_pages(out_dir, clips, picked, gen.model, wav_paths, pairs,
+    info = report.clip_pages(out_dir, clips, picked, gen.model, wav_paths, scores.pairs,
                              recorded_seed if isinstance(recorded_seed, int) else None)
     names = [clips[i]["name"] for i in picked[:max(opts.attention_clips, 0)]]
     attention = []
@@ -453,7 +470,7 @@ def write_report_files(opts, summary, rows, clips, items, gen, pairs, wav_paths,
                                            seed=seed, gens=gen.model)
     if names:
         summary["attention"] = attention_record(summary, attention, names, seed)
-    return report.write_report(out_dir, summary, rows, info, attention, PLOTS)
+    return report.write_report(out_dir, summary, scores.rows, info, attention, PLOTS)
 
 
 def evaluate(opts, settings):
@@ -473,15 +490,11 @@ def evaluate(opts, settings):
     t_audio = time.perf_counter()
     wav_paths, audio, audio_settings = waveforms(opts, clips, gen, device, notes)
     t_metrics = time.perf_counter()
-    pairs = pair_clips(clips, seed, opts.references, notes)
-    rows = compute_rows(clips, gen.model, gen.uncond, pairs, opts.references, opts.progress, audio)
-    summary_rows = summarize_rows(rows)
-    frechet = frechet_distances(clips, gen.model, gen.uncond, seed)
+    scores = score_clips(clips, gen, audio, seed, opts.references, opts.progress, notes)
     t_outputs = time.perf_counter()
-    write_tables_and_plots(out_dir, rows, summary_rows, clips, gen, opts.plot_clips)
-    summary = make_summary(opts, gen, seed, device, len(paths), clips, skipped, pairs, rows, summary_rows,
-                           frechet, audio, audio_settings, notes)
-    summary["report"] = write_report_files(opts, summary, rows, clips, items, gen, pairs, wav_paths, seed).name
+    write_tables_and_plots(out_dir, scores, clips, gen, opts.plot_clips)
+    summary = make_summary(opts, gen, scores, clips, len(paths), skipped, audio, audio_settings, seed, device, notes)
+    summary["report"] = write_report_files(opts, summary, scores, clips, items, gen, wav_paths, seed).name
     summary["seconds"] = {"total": round(time.perf_counter() - t_start, 3),
                           "generation": round(t_audio - t_gen, 3),
                           "audio": round(t_metrics - t_audio, 3), "metrics": round(t_outputs - t_metrics, 3)}
