@@ -19,6 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from lm2a.clipio import list_clip_files  # noqa: E402
+from lm2a.generate import generate_for_items, load_clips  # noqa: E402
+from lm2a.trained import load_model  # noqa: E402
+from models.diffusion import SamplingConfig  # noqa: E402
+
 
 def band_errors(real_mean, level):
     """real_mean (80,) and level (80,) -> dict(max, median, argmax, within_1) of |level - real_mean|."""
@@ -39,11 +44,6 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-
-    from lm2a.clipio import list_clip_files
-    from lm2a.generate import generate_for_items, load_clips, load_model
-    from models.diffusion import SamplingConfig
-
     diffusion, info = load_model(args.ckpt, args.device)
     items, _ = load_clips(list_clip_files(args.npz_dir), info)
     settings = SamplingConfig(seed=args.seed)
@@ -55,7 +55,7 @@ def main(argv=None):
             diffusion, info, items, replace(settings, guidance=0.0), progress=False)]),
         "training mean spectrum": diffusion.mel_mean.detach().cpu().numpy(),
     }
-    print(f"{len(items)} clips of {args.npz_dir}; checkpoint {info['_path']} (step {info['step']})")
+    print(f"{len(items)} clips of {args.npz_dir}; checkpoint {info.path} (step {info.step})")
     print("| levels | max band error | band | median band error | bands within 1 log unit |")
     print("|---|---|---|---|---|")
     for name, level in rows.items():

@@ -16,13 +16,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: lm2a/ lives in the repository root
 
-from lm2a import POSE_DIM  # noqa: E402
-from lm2a.motion import N_JOINTS, joint_angular_speeds  # noqa: E402
+from lm2a.melconfig import MelConfig, MelConfigError, load_mel_config  # noqa: E402
+from lm2a.motion import joint_angular_speeds  # noqa: E402
+from lm2a.plots import mel_figure  # noqa: E402
+from models.layout import ACCELERATION, POSE, POSE_DIM, TH, VELOCITY  # noqa: E402
 
 # ---- defaults of the command-line flags ----
 OUT_DIR = "inspect"  # where the PNGs go
-DEFAULT_SR = 22050  # used when the file has neither 'sr' nor 'mel_config'
-DEFAULT_HOP = 256  # likewise for the hop length
 DEFAULT_FPS = 30  # motion frame rate when the file has no 'fps'
 DPI = 110  # PNG resolution
 
@@ -64,14 +64,14 @@ def load_npz(path) -> dict:
 
 
 def _time_settings(data):
-    """-> (sr, hop, fps) from the file's own keys, else the defaults."""
-    sr, hop = DEFAULT_SR, DEFAULT_HOP
+    """-> (sr, hop, fps) from the file's own keys, else its mel_config, else the default vocoder's."""
+    cfg = load_mel_config()
     if "mel_config" in data:
         try:
-            cfg = json.loads(str(_scalar(data["mel_config"])))
-            sr, hop = int(cfg.get("sampling_rate", sr)), int(cfg.get("hop_size", hop))
-        except (json.JSONDecodeError, TypeError, ValueError):
+            cfg = MelConfig.parse(data["mel_config"])
+        except MelConfigError:
             pass
+    sr, hop = cfg.sampling_rate, cfg.hop_size
     sr = int(_scalar(data["sr"])) if "sr" in data else sr
     hop = int(_scalar(data["hop_length"])) if "hop_length" in data else hop
     fps = float(_scalar(data["fps"])) if "fps" in data else DEFAULT_FPS
@@ -86,44 +86,31 @@ def _title(data, stem):
 
 
 def plot_mel(data, stem, out_png):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     mel = np.asarray(data["mel"], dtype=np.float32)  # (80, T)
     sr, hop, _ = _time_settings(data)
-    seconds = mel.shape[1] * hop / sr
-    fig, ax = plt.subplots(figsize=(10, 3.8))
-    im = ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
-                   extent=(0.0, seconds, -0.5, mel.shape[0] - 0.5))
-    fig.colorbar(im, ax=ax, label="log-mel (ln magnitude)")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("mel band")
-    ax.set_title(_title(data, stem) + f"  mel {mel.shape}, {sr} Hz, hop {hop}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=DPI)
-    plt.close(fig)
+    mel_figure(out_png, [("", [mel])], title=_title(data, stem) + f"  mel {mel.shape}, {sr} Hz, hop {hop}",
+               hop_seconds=hop / sr, xlabel="seconds", panel_size=(13.35, 4.6))  # 1100 x 416 px at mel_figure's 80 dpi
     return out_png
 
 
 def joint_speeds(motion):
     """(F, 234) -> per-joint angular speed (F, 24) in rad/s and root translation speed (F,)
     from the velocity block (axis-angle rates of the 24 SMPL joints, then Th rate)."""
-    th_vel = motion[:, POSE_DIM + 3 * N_JOINTS:POSE_DIM + 3 * N_JOINTS + 3]
+    th_vel = motion[:, VELOCITY][:, TH]  # (F, 3) root translation rate
     return joint_angular_speeds(motion), np.linalg.norm(th_vel, axis=-1)
 
 
 def plot_motion(data, stem, out_png):
-    import matplotlib
+    import matplotlib  # heavy: only when a picture is asked for
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     motion = np.asarray(data["motion"], dtype=np.float32)  # (F, 234)
     _, _, fps = _time_settings(data)
     seconds = motion.shape[0] / fps
-    blocks = [("pose (rad, Th, Rh)", motion[:, :POSE_DIM]),
-              ("velocity (/s)", motion[:, POSE_DIM:2 * POSE_DIM]),
-              ("acceleration (/s²)", motion[:, 2 * POSE_DIM:3 * POSE_DIM])]
+    blocks = [("pose (rad, Th, Rh)", motion[:, POSE]),
+              ("velocity (/s)", motion[:, VELOCITY]),
+              ("acceleration (/s²)", motion[:, ACCELERATION])]
     fig, grid = plt.subplots(4, 2, figsize=(10, 10), squeeze=False,
                              gridspec_kw=dict(height_ratios=[1, 1, 1, 0.8], width_ratios=[40, 1]))
     axes, caxes = grid[:, 0], grid[:, 1]  # explicit colour-bar column keeps all x axes aligned

@@ -25,7 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lm2a.longform import FULL_GEN_SUFFIX, SEAM_WIDTH, seam_ratio  # noqa: E402
+from lm2a.melconfig import MelConfig  # noqa: E402
 from lm2a.metrics import audio_beats, beat_alignment, motion_beats  # noqa: E402
+from lm2a.motion import song_motion  # noqa: E402
 
 
 def load(path):
@@ -34,14 +36,14 @@ def load(path):
 
 
 def motion_of(smpl_json, fps=30):
-    from lm2a.motion import fill_nearest, load_smpl_json, motion_features
-    poses, _ = load_smpl_json(smpl_json)
-    return motion_features(fill_nearest(poses)[0], fps)
+    """(frames, 234) features of a whole dance (lm2a.motion.song_motion, features over all frames)."""
+    motion = song_motion(smpl_json)
+    return motion.span_features(0, len(motion), fps)[0]
 
 
-def beat_scores(mel, motion, fps, sr, hop, others=()):
+def beat_scores(mel, motion, fps, mel_config, others=()):
     """-> dict(true, shifted (mean over 3 circular shifts), other (mean over other dances or nan))."""
-    onsets = audio_beats(mel, sr, hop)
+    onsets = audio_beats(mel, mel_config)
     true = beat_alignment(motion_beats(motion, fps), onsets)
     shifted = [beat_alignment(motion_beats(np.roll(motion, int(f * len(motion)), axis=0), fps), onsets)
                for f in (0.25, 0.5, 0.75)]
@@ -52,11 +54,11 @@ def beat_scores(mel, motion, fps, sr, hop, others=()):
     return dict(true=true, shifted=float(np.nanmean(shifted)), other=float(np.nanmean(other)) if other else np.nan)
 
 
-def measure_file(z, joins, width, others, fps, sr, hop, mel_key="mel"):
+def measure_file(z, joins, width, others, fps, mel_config, mel_key="mel"):
     mel = z[mel_key]
     joins = [j for j in joins if j < mel.shape[1]]
-    motion = z["motion"][:int(round(mel.shape[1] * hop / sr * fps))]
-    beats = beat_scores(mel, motion, fps, sr, hop, others)
+    motion = z["motion"][:int(round(mel.shape[1] * mel_config.hop_size / mel_config.sampling_rate * fps))]
+    beats = beat_scores(mel, motion, fps, mel_config, others)
     return dict(seam=seam_ratio(mel, joins, width), seam_w0=seam_ratio(mel, joins, 0), joins=len(joins),
                 beat_true=beats["true"], beat_shifted=beats["shifted"], beat_other=beats["other"])
 
@@ -72,39 +74,53 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     runs = [tuple(r.split("=", 1)) for r in args.run]
-    first_dir = Path(runs[0][1])
-    songs = sorted(f.name[:-len(f"{FULL_GEN_SUFFIX}.npz")] for f in first_dir.glob(f"*{FULL_GEN_SUFFIX}.npz"))
+    songs = sorted(f.name[:-len(f"{FULL_GEN_SUFFIX}.npz")] for f in Path(runs[0][1]).glob(f"*{FULL_GEN_SUFFIX}.npz"))
     motions = {Path(m).parent.name: motion_of(m) for m in args.other_motion}
     table = {}
     for song in songs:
         others = [m for name, m in motions.items() if name != song]
-        ref = load(first_dir / f"{song}{FULL_GEN_SUFFIX}.npz")
-        fps, sr, hop = int(ref["fps"]), int(ref["sr"]), int(ref["hop_length"])
-        for label, folder in runs:
-            path = Path(folder) / f"{song}{FULL_GEN_SUFFIX}.npz"
-            if path.is_file():
-                z = load(path)
-                row = measure_file(z, [int(j) for j in z["join_frames"]], args.width, others, fps, sr, hop)
-                row.update(windows=len(z["window_starts"]), overlap=float(z["overlap"]),
-                           crossfade=float(z["crossfade"]), continuation=bool(z["continuation"]))
-                table.setdefault(label, {})[song] = row
-        if "real_mel" in ref:
-            joins = [int(j) for j in ref["join_frames"]]
-            row = measure_file(ref, joins, args.width, others, fps, sr, hop, mel_key="real_mel")
-            stride = int(np.diff(ref["window_starts"]).max()) if len(joins) else 1
-            real = ref["real_mel"]
-            shifted = [seam_ratio(real, [j + d for j in joins if 0 < j + d < real.shape[1]], args.width)
-                       for d in range(-(stride // 2), stride - stride // 2)]
-            row.update(windows=0, seam_all_shifts=float(np.nanmean(shifted)),
-                       seam_shift_p5=float(np.nanpercentile(shifted, 5)),
-                       seam_shift_p95=float(np.nanpercentile(shifted, 95)))
-            table.setdefault("real song", {})[song] = row
+        for label, row in measure_song(song, runs, others, args.width):
+            table.setdefault(label, {})[song] = row
+    print_tables(table, songs, runs, args.width)
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=2, default=float))
+    return 0
 
+
+def measure_song(song, runs, others, width):
+    """-> [(row label, row)] of one song: each run that has it, and the real song's reference when the
+    first run's file holds the real mel."""
+    ref = load(Path(runs[0][1]) / f"{song}{FULL_GEN_SUFFIX}.npz")
+    fps, cfg = int(ref["fps"]), MelConfig.parse(ref["mel_config"])
+    rows = []
+    for label, folder in runs:
+        path = Path(folder) / f"{song}{FULL_GEN_SUFFIX}.npz"
+        if path.is_file():
+            z = load(path)
+            row = measure_file(z, [int(j) for j in z["join_frames"]], width, others, fps, cfg)
+            row.update(windows=len(z["window_starts"]), overlap=float(z["overlap"]),
+                       crossfade=float(z["crossfade"]), continuation=bool(z["continuation"]))
+            rows.append((label, row))
+    if "real_mel" in ref:
+        joins = [int(j) for j in ref["join_frames"]]
+        row = measure_file(ref, joins, width, others, fps, cfg, mel_key="real_mel")
+        stride = int(np.diff(ref["window_starts"]).max()) if len(joins) else 1
+        real = ref["real_mel"]
+        shifted = [seam_ratio(real, [j + d for j in joins if 0 < j + d < real.shape[1]], width)
+                   for d in range(-(stride // 2), stride - stride // 2)]
+        row.update(windows=0, seam_all_shifts=float(np.nanmean(shifted)),
+                   seam_shift_p5=float(np.nanpercentile(shifted, 5)),
+                   seam_shift_p95=float(np.nanpercentile(shifted, 95)))
+        rows.append(("real song", row))
+    return rows
+
+
+def print_tables(table, songs, runs, width):
     def mean(label, key):
         return float(np.nanmean([r[key] for r in table[label].values()]))
 
     print(f"songs: {', '.join(songs)}\n")
-    print(f"| row | songs | joins | seam ratio (±{args.width} frames) | per song | seam ratio (join frame only) | "
+    print(f"| row | songs | joins | seam ratio (±{width} frames) | per song | seam ratio (join frame only) | "
           f"beat align: true motion | shifted motion | other dances' motion |")
     print("|---|---|---|---|---|---|---|---|---|")
     for label, rows in table.items():
@@ -117,9 +133,6 @@ def main(argv=None):
               f"ratio {mean('real song', 'seam_all_shifts'):.3f} (per song 5-95 %: " +
               ", ".join(f"{r['seam_shift_p5']:.2f}-{r['seam_shift_p95']:.2f}" for r in table["real song"].values())
               + ")")
-    if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=2, default=float))
-    return 0
 
 
 if __name__ == "__main__":

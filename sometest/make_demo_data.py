@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,10 @@ import numpy as np
 import soundfile as sf
 from scipy import signal
 from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: models/ is in the repo root
+
+from models.layout import JOINT_DIMS, POSE_DIM, RH, SMPL_JOINTS, TH  # noqa: E402
 
 # ---- defaults of the command-line flags -------------------------------------------------------
 OUT_DIR = "demo/JustLMD"     # dataset root to write (demo/ is git-ignored)
@@ -62,10 +67,27 @@ TEMPLATES = [
     "the {n} {v3} {e}",
 ]
 
-# SMPL joint groups (indices into the 24 joints of `poses`): which limbs drive which hit layer.
-LEG_JOINTS = [1, 2, 4, 5, 7, 8, 10, 11]
-TORSO_JOINTS = [3, 6, 9, 12, 15]
-ARM_JOINTS = [13, 14, 16, 17, 18, 19, 20, 21, 22, 23]
+
+
+def joint_indices(*names):
+    """SMPL joint names -> their indices into the 24 joints of `poses` (models.layout.SMPL_JOINTS)."""
+    return [SMPL_JOINTS.index(n) for n in names]
+
+
+def joint_dims(joints):
+    """Joint indices -> their axis-angle columns in a pose (3 per joint, in the order given)."""
+    return np.concatenate([np.arange(3 * j, 3 * j + 3) for j in joints])
+
+
+def left_right(*parts):
+    """("hip",) -> ["left_hip", "right_hip"]."""
+    return [f"{side}_{p}" for p in parts for side in ("left", "right")]
+
+
+# SMPL joint groups: which limbs drive which hit layer.
+LEG_JOINTS = joint_indices(*left_right("hip", "knee", "ankle", "foot"))                  # 1, 2, 4, 5, 7, 8, 10, 11
+TORSO_JOINTS = joint_indices("spine1", "spine2", "spine3", "neck", "head")              # 3, 6, 9, 12, 15
+ARM_JOINTS = joint_indices(*left_right("collar", "shoulder", "elbow", "wrist", "hand"))  # 13, 14, 16..23
 GROUP_AMPLITUDE = {"legs": 0.7, "torso": 0.35, "arms": 1.1}  # radians moved into a beat at energy 1
 
 # Musical scale for lyric notes: A minor pentatonic from A2 (110 Hz) to A5 (880 Hz).
@@ -155,14 +177,15 @@ def make_motion(rng: np.random.Generator, t0: float, seconds: float):
     energy = {g: np.clip(groove[g][(np.arange(k_first, k_last + 1)) % 4]
                          + rng.normal(0, 0.08, n_poses), 0.2, 1.0) for g in GROUP_AMPLITUDE}
 
-    base = np.zeros(78)
-    base[3:72] = rng.normal(0, 0.1, 69)
-    base[16 * 3 + 2], base[17 * 3 + 2] = -1.0, 1.0                        # arms down (A-pose)
-    base[72:75] = [0.0, 0.9, 3.0]                                         # Th (m)
+    base = np.zeros(POSE_DIM)
+    base[3:JOINT_DIMS] = rng.normal(0, 0.1, JOINT_DIMS - 3)               # every joint but the pelvis
+    left_shoulder, right_shoulder = joint_indices("left_shoulder", "right_shoulder")
+    base[3 * left_shoulder + 2], base[3 * right_shoulder + 2] = -1.0, 1.0  # arms down (A-pose)
+    base[TH] = [0.0, 0.9, 3.0]                                            # Th (m)
     groups = {"legs": LEG_JOINTS, "torso": TORSO_JOINTS, "arms": ARM_JOINTS}
-    dims = {g: np.concatenate([np.arange(3 * j, 3 * j + 3) for j in js]) for g, js in groups.items()}
+    dims = {g: joint_dims(js) for g, js in groups.items()}
 
-    poses = np.empty((n_poses, 78))
+    poses = np.empty((n_poses, POSE_DIM))
     poses[0] = base
     for k in range(1, n_poses):
         pose = poses[k - 1].copy()
@@ -172,8 +195,8 @@ def make_motion(rng: np.random.Generator, t0: float, seconds: float):
             direction = rng.normal(0, 1, d.size) - 1.5 * (pose[d] - base[d]) / amp
             pose[d] += energy[g][k] * amp * direction / np.linalg.norm(direction)
         sign = 1.0 if (k_first + k) % 2 else -1.0
-        pose[72:75] = base[72:75] + [0.04 * sign * energy["torso"][k], -0.06 * energy["legs"][k], 0.0]
-        pose[75:78] = [0.0, 0.25 * sign * energy["torso"][k], 0.0]       # Rh: small yaw swings
+        pose[TH] = base[TH] + [0.04 * sign * energy["torso"][k], -0.06 * energy["legs"][k], 0.0]
+        pose[RH] = [0.0, 0.25 * sign * energy["torso"][k], 0.0]          # Rh: small yaw swings
         poses[k] = pose
 
     idx = np.floor(phase).astype(int) - k_first                           # (F,) pose before the frame
@@ -194,8 +217,8 @@ def smpl_json(frames: np.ndarray, shapes: np.ndarray) -> dict:
     """(F, 78) -> EasyMocap smplfull dict {"000000": {"annots": [{id, poses, Th, Rh, shapes}]}, ...}."""
     frames = np.round(frames, 5)
     shapes = np.round(shapes, 5).tolist()
-    return {f"{i:06d}": {"annots": [{"id": 0, "poses": [row[:72]], "Th": [row[72:75]],
-                                     "Rh": [row[75:78]], "shapes": [shapes]}]}
+    return {f"{i:06d}": {"annots": [{"id": 0, "poses": [row[:JOINT_DIMS]], "Th": [row[TH]],
+                                     "Rh": [row[RH]], "shapes": [shapes]}]}
             for i, row in enumerate(frames.tolist())}
 
 
@@ -212,7 +235,7 @@ def motion_speed(motion, fps: float = FPS) -> np.ndarray:
     24 joints of the smoothed stage-1 features, root excluded): the generator checks its own raw
     output, where both vanish on the beats but differ in between."""
     x = smpl_frames(motion) if isinstance(motion, dict) else np.asarray(motion, dtype=np.float64)
-    return np.linalg.norm(np.gradient(x[:, :75], axis=0), axis=1) * fps
+    return np.linalg.norm(np.gradient(x[:, :TH.stop], axis=0), axis=1) * fps  # joints and Th
 
 
 def motion_beat_times(motion, fps: float = FPS, window_s: float = 0.2) -> np.ndarray:
@@ -357,13 +380,18 @@ def count_clips(song_dirs) -> int:
     return sum(len(json.loads((Path(d) / "sliced.json").read_text())) - 1 for d in song_dirs)
 
 
+def add_dataset_flags(parser, out_dir, n_songs, seconds, seed):
+    """The flags every dataset generator here takes (this one and make_music_data.py)."""
+    parser.add_argument("--out", default=out_dir, help="dataset root to write")
+    parser.add_argument("--songs", type=int, default=n_songs, help="number of songs")
+    parser.add_argument("--seconds", type=float, default=seconds, help="length of each song in seconds")
+    parser.add_argument("--seed", type=int, default=seed, help="master seed (same seed, same files)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing song folders")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=OUT_DIR, help="dataset root to write")
-    parser.add_argument("--songs", type=int, default=N_SONGS, help="number of songs")
-    parser.add_argument("--seconds", type=float, default=SECONDS, help="length of each song in seconds")
-    parser.add_argument("--seed", type=int, default=SEED, help="master seed (same seed, same bytes)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing demo song folders")
+    add_dataset_flags(parser, OUT_DIR, N_SONGS, SECONDS, SEED)
     args = parser.parse_args(argv)
     t_start = time.time()
     try:

@@ -43,8 +43,10 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: reuse the demo generator's lyric and SMPL helpers
 
-from sometest.make_demo_data import (ARM_JOINTS, LEG_JOINTS, TORSO_JOINTS, format_key,  # noqa: E402
-                                     make_lyric_keys, make_lyric_line, smpl_json, song_vocabulary)
+from models.layout import JOINT_DIMS, N_JOINTS, POSE_DIM, RH, TH  # noqa: E402
+from sometest.make_demo_data import (ARM_JOINTS, LEG_JOINTS, TORSO_JOINTS, add_dataset_flags,  # noqa: E402
+                                     format_key, joint_dims, joint_indices, make_lyric_keys, make_lyric_line,
+                                     smpl_json, song_vocabulary)
 
 # ---- defaults of the command-line flags -------------------------------------------------------
 OUT_DIR = "data/music/JustLMD"  # dataset root to write (data/ is git-ignored)
@@ -287,14 +289,15 @@ def motion_beat_grid(music: dict, t_start: float, t_end: float) -> tuple:
 
 def make_style(rng: np.random.Generator) -> dict:
     """A dancer's identity: base pose, root position and facing, joint weights, accent groove, sway."""
-    base = np.zeros(78)
-    base[3:72] = rng.normal(0, BASE_POSE_SIGMA, 69)
+    base = np.zeros(POSE_DIM)
+    base[3:JOINT_DIMS] = rng.normal(0, BASE_POSE_SIGMA, JOINT_DIMS - 3)  # every joint but the pelvis
     arm_down = rng.uniform(0.7, 1.3)
-    base[16 * 3 + 2], base[17 * 3 + 2] = -arm_down, arm_down             # arms down (A-pose-ish)
-    base[72:75] = [rng.uniform(*r) for r in TH_RANGE]                    # Th (m)
+    left_shoulder, right_shoulder = joint_indices("left_shoulder", "right_shoulder")
+    base[3 * left_shoulder + 2], base[3 * right_shoulder + 2] = -arm_down, arm_down  # arms down (A-pose-ish)
+    base[TH] = [rng.uniform(*r) for r in TH_RANGE]                       # Th (m)
     yaw = rng.uniform(-np.pi, np.pi)
-    base[75:78] = [0.0, yaw, 0.0]                                         # Rh: facing (axis-angle, yaw)
-    joint_weight = rng.lognormal(0.0, JOINT_WEIGHT_SIGMA, 24)
+    base[RH] = [0.0, yaw, 0.0]                                            # Rh: facing (axis-angle, yaw)
+    joint_weight = rng.lognormal(0.0, JOINT_WEIGHT_SIGMA, N_JOINTS)
     groove = rng.uniform(0.5, 1.0, 4)
     groove[0] = 1.0                                                       # the downbeat is the strongest
     return {"base": base, "yaw": yaw, "joint_weight": joint_weight, "groove": groove,
@@ -323,20 +326,20 @@ def make_motion(music: dict, style: dict, t0: float, seconds: float, rng: np.ran
     energy = beat_energy(music, grid, style["groove"])
     base = style["base"]
     groups = {"legs": LEG_JOINTS, "torso": TORSO_JOINTS, "arms": ARM_JOINTS}
-    poses = np.empty((len(grid), 78))
+    poses = np.empty((len(grid), POSE_DIM))
     poses[0] = base
     for k in range(1, len(grid)):
         pose = poses[k - 1].copy()
         for g, joints in groups.items():
-            d = np.concatenate([np.arange(3 * j, 3 * j + 3) for j in joints])
+            d = joint_dims(joints)
             weight = np.repeat(style["joint_weight"][joints], 3)
             amp = GROUP_AMPLITUDE[g]
             # the dancer's favourite joints move most; pulled back to the base pose so it does not drift
             direction = weight * rng.normal(0, 1, d.size) - 1.5 * (pose[d] - base[d]) / amp
             pose[d] += energy[k] * amp * direction / np.linalg.norm(direction)
         side = 1.0 if k % 2 else -1.0
-        pose[72:75] = base[72:75] + [side * style["step_m"] * energy[k], -style["bounce_m"] * energy[k], 0.0]
-        pose[75:78] = base[75:78] + [0.0, side * style["yaw_swing"] * energy[k], 0.0]
+        pose[TH] = base[TH] + [side * style["step_m"] * energy[k], -style["bounce_m"] * energy[k], 0.0]
+        pose[RH] = base[RH] + [0.0, side * style["yaw_swing"] * energy[k], 0.0]
         poses[k] = pose
 
     n_frames = int(np.floor((seconds - t0) * FPS)) + 1
@@ -346,7 +349,7 @@ def make_motion(music: dict, style: dict, t0: float, seconds: float, rng: np.ran
     ease = (0.5 - 0.5 * np.cos(np.pi * (phase - idx)))[:, None]            # zero slope on each step
     frames = poses[idx] + (poses[idx + 1] - poses[idx]) * ease             # (F, 78)
     sway = SWAY_RAD * np.sin(2 * np.pi * style["sway_hz"] * frame_t + style["sway_phase"])
-    for j in (3, 6, 9):                                                    # spine: a slow off-beat sway
+    for j in joint_indices("spine1", "spine2", "spine3"):                 # spine: a slow off-beat sway
         frames[:, 3 * j + 2] += sway
     inside = (grid > t0) & (grid < seconds)
     return {"frames": frames, "grid": grid[inside], "energy": energy[inside], "stride": stride,
@@ -450,7 +453,7 @@ def write_song(song_dir: Path, rec: dict, start_s: float, seconds: float, speech
         "bpm": round(analysis["bpm"], 2), "music_beats": int(len(analysis["beats"])),
         "motion_steps": int(len(motion["grid"])), "steps_per_beat": 1.0 / motion["stride"],
         "clips": len(keys) - 1, "chorus_line": lines[CHORUS_EVERY - 1] if len(lines) >= CHORUS_EVERY else None,
-        "dancer": {"Th": np.round(style["base"][72:75], 3).tolist(), "yaw_rad": round(style["yaw"], 3)},
+        "dancer": {"Th": np.round(style["base"][TH], 3).tolist(), "yaw_rad": round(style["yaw"], 3)},
         **voice,
     }
 
@@ -506,11 +509,7 @@ def make_music_dataset(root, n_songs: int = N_SONGS, seconds: float = SECONDS, s
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=OUT_DIR, help="dataset root to write")
-    parser.add_argument("--songs", type=int, default=N_SONGS, help="number of songs")
-    parser.add_argument("--seconds", type=float, default=SECONDS, help="length of each song in seconds")
-    parser.add_argument("--seed", type=int, default=SEED, help="master seed (same seed, same files)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing song folders")
+    add_dataset_flags(parser, OUT_DIR, N_SONGS, SECONDS, SEED)
     parser.add_argument("--packages", default=PACKAGES, help="comma-separated Debian packages to draw music from")
     parser.add_argument("--speech_db", type=float, default=SPEECH_DB,
                         help="spoken lyrics' RMS relative to the music's RMS, dB")

@@ -36,23 +36,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from lm2a import metrics as M  # noqa: E402
+from lm2a.clipio import atomic_file, list_clip_files  # noqa: E402
+from lm2a.generate import generate_for_items, load_clips  # noqa: E402
+from lm2a.trained import load_model  # noqa: E402
+from models.diffusion import SamplingConfig  # noqa: E402
+
 FIGURES = ("mse", "onset_f1", "beat_align", "beat_align_shuffled", "frechet")
 
 
 def figures(items, mels, pairs):
     """The val.py figures of one generated set: {figure: value}."""
-    from lm2a import metrics as M
     per = {k: [] for k in FIGURES[:-1]}
     for i, item in enumerate(items):
-        clip = item["clip"]
-        sr, hop, fps = int(clip["sr"]), int(clip["hop_length"]), int(clip["fps"])
-        m = M.clip_metrics(clip["mel"], mels[item["name"]], clip["motion"], sr, hop, fps)
+        clip, cfg = item["clip"], item["mel_config"]  # the clip's MelConfig (lm2a.data.item_from_clip)
+        fps = int(clip["fps"])
+        m = M.clip_metrics(clip["mel"], mels[item["name"]], cfg, clip["motion"], fps)
         per["mse"].append(m["mse"])
         per["onset_f1"].append(m["onset_f1"])
         per["beat_align"].append(m["beat_align"])
         other = items[pairs[i]]["clip"]["motion"]
         per["beat_align_shuffled"].append(
-            M.beat_alignment(M.motion_beats(other, fps), M.audio_beats(mels[item["name"]], sr, hop)))
+            M.beat_alignment(M.motion_beats(other, fps), M.audio_beats(mels[item["name"]], cfg)))
     out = {k: float(np.mean(v)) for k, v in per.items()}
     out["frechet"] = M.frechet_distance([it["clip"]["mel"] for it in items], [mels[it["name"]] for it in items])
     return out
@@ -184,7 +189,7 @@ def rms_between(a, b):
     return float(np.sqrt(np.mean([np.mean((a[k] - b[k]) ** 2) for k in a])))
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt")
     p.add_argument("--npz_dir")
@@ -200,22 +205,51 @@ def main(argv=None):
     p.add_argument("--precision", default="fp32", help='"fp32", "bf16" or a list "fp32,bf16"')
     p.add_argument("--device", default="cpu")
     p.add_argument("--reference", default="ddpm:1000", help='the reference row, "sampler:steps" ("" = none)')
-    args = p.parse_args(argv)
-    reference = args.reference or None
-    if args.table:
-        result = merge([json.loads(Path(f).read_text()) for f in args.table])
-        print(table(result, reference))
-        if args.plot:
-            print("wrote", plot(result, args.plot, reference))
-        return 0
-    if not (args.ckpt and args.npz_dir):
-        p.error("--ckpt and --npz_dir are needed (or --table JSON)")
+    return p
 
-    from lm2a.clipio import atomic_file, list_clip_files
-    from lm2a.generate import generate_for_items, load_clips, load_model
-    from lm2a.metrics import chance_pairs
-    from models.diffusion import SamplingConfig
 
+def sweep_row(diffusion, info, items, pairs, setting, seeds, args):
+    """One setting (sampler, steps, precision) at every seed -> (row with the per-seed figures and
+    seconds per clip, the generated mels of each seed)."""
+    sampler, steps, precision = setting
+    per_seed, seconds, mels_by_seed = [], [], []
+    for seed in seeds:
+        cfg = SamplingConfig(sampler=sampler, steps=steps, guidance=args.guidance, seed=seed,
+                             batch_size=args.batch_size, precision=precision)
+        t = time.perf_counter()
+        results = generate_for_items(diffusion, info, items, cfg, progress=False)
+        seconds.append((time.perf_counter() - t) / len(items))
+        mels = {r["name"]: r["mel"] for r in results}
+        mels_by_seed.append(mels)
+        per_seed.append(figures(items, mels, pairs))
+    row = {"sampler": sampler, "steps": steps, "precision": precision,
+           "s_per_clip": statistics.median(seconds), "per_seed": per_seed}
+    return row, mels_by_seed
+
+
+def add_seed_spread(row):
+    """row[figure] = {mean, std (ddof 1; 0 for one seed)} over the row's seeds."""
+    for k in FIGURES:
+        values = [f[k] for f in row["per_seed"]]
+        row[k] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
+def add_precision_rms(row, mels_by_seed, fp32_mels, rows, several_precisions):
+    """With several precisions: an fp32 row keeps its mels and gets the seed-to-seed RMS; another
+    precision gets its RMS difference from the fp32 mels of the same sampler, steps and seed."""
+    key = (row["sampler"], row["steps"])
+    if row["precision"] == "fp32" and several_precisions:
+        fp32_mels[key] = mels_by_seed
+        if len(mels_by_seed) > 1:
+            row["rms_seed_to_seed"] = float(np.mean([rms_between(mels_by_seed[0], m) for m in mels_by_seed[1:]]))
+    if row["precision"] != "fp32" and key in fp32_mels:
+        row["rms_vs_fp32"] = float(np.mean([rms_between(m, f) for m, f in zip(mels_by_seed, fp32_mels[key])]))
+        row["rms_seed_to_seed"] = next(r.get("rms_seed_to_seed") for r in rows if row_key(r) == (*key, "fp32"))
+
+
+def load_sweep_inputs(args):
+    """-> (diffusion, TrainedModel, usable clip items, shuffled-motion pairs). Exits naming the folder
+    when no clip fits the checkpoint."""
     diffusion, info = load_model(args.ckpt, args.device)
     items, skipped = load_clips(list_clip_files(args.npz_dir), info)
     if not items:
@@ -223,14 +257,24 @@ def main(argv=None):
         raise SystemExit(f"sampler_sweep.py: no clip in {args.npz_dir} that this checkpoint can use"
                          + (f" ({reasons})" if reasons else " (no .npz files: pass a split folder, "
                             "e.g. demo/split/test)"))
-    pairs = chance_pairs([it["clip"]["song"] for it in items], seed=0)
+    return diffusion, info, items, M.chance_pairs([it["clip"]["song"] for it in items], seed=0)
+
+
+def sweep_settings(args, reference):
+    """[(sampler, steps, precision)] of the flags, the reference (in the first precision) added."""
     precisions = args.precision.split(",")
     settings = [(s, int(n), prec) for s in args.samplers.split(",") for n in args.steps.split(",")
                 for prec in precisions]
     if reference and (*parse_reference(reference), precisions[0]) not in settings:
         settings.append((*parse_reference(reference), precisions[0]))
+    return settings
+
+
+def run_sweep(args, reference, argv):
+    """Every setting at every seed; the JSON is rewritten after each row. -> the result dict."""
+    diffusion, info, items, pairs = load_sweep_inputs(args)
     seeds = [int(s) for s in args.seeds.split(",")]
-    header = {"ckpt": info["_path"], "step": info["step"], "npz_dir": args.npz_dir, "clips": len(items),
+    header = {"ckpt": info.path, "step": info.step, "npz_dir": args.npz_dir, "clips": len(items),
               "seeds": seeds, "guidance": args.guidance}
     done = {} if args.force else reusable_rows(args.out, header)
     command = "python sometest/sampler_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -243,45 +287,37 @@ def main(argv=None):
             f.write(json.dumps(result, indent=2))
         return result
 
-    for sampler, steps, precision in settings:
-        if (sampler, steps, precision) in done:
-            rows.append(done[(sampler, steps, precision)])
-            print(f"{sampler}-{steps} {precision}: reused from {args.out}", flush=True)
+    for setting in sweep_settings(args, reference):
+        if setting in done:
+            rows.append(done[setting])
+            print(f"{setting[0]}-{setting[1]} {setting[2]}: reused from {args.out}", flush=True)
             continue
-        per_seed, seconds, mels_by_seed = [], [], []
-        for seed in seeds:
-            cfg = SamplingConfig(sampler=sampler, steps=steps, guidance=args.guidance, seed=seed,
-                                 batch_size=args.batch_size, precision=precision)
-            t = time.perf_counter()
-            results = generate_for_items(diffusion, info, items, cfg, progress=False)
-            seconds.append((time.perf_counter() - t) / len(items))
-            mels = {r["name"]: r["mel"] for r in results}
-            mels_by_seed.append(mels)
-            per_seed.append(figures(items, mels, pairs))
-        row = {"sampler": sampler, "steps": steps, "precision": precision,
-               "s_per_clip": statistics.median(seconds), "per_seed": per_seed}
-        if precision == "fp32" and len(precisions) > 1:
-            fp32_mels[(sampler, steps)] = mels_by_seed
-            if len(seeds) > 1:
-                row["rms_seed_to_seed"] = float(np.mean([rms_between(mels_by_seed[0], m)
-                                                         for m in mels_by_seed[1:]]))
-        if precision != "fp32" and (sampler, steps) in fp32_mels:
-            row["rms_vs_fp32"] = float(np.mean([rms_between(m, f) for m, f in
-                                                zip(mels_by_seed, fp32_mels[(sampler, steps)])]))
-            row["rms_seed_to_seed"] = next(r.get("rms_seed_to_seed") for r in rows if
-                                           row_key(r) == (sampler, steps, "fp32"))
-        for k in FIGURES:
-            values = [f[k] for f in per_seed]
-            row[k] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+        row, mels_by_seed = sweep_row(diffusion, info, items, pairs, setting, seeds, args)
+        add_precision_rms(row, mels_by_seed, fp32_mels, rows, "," in args.precision)
+        add_seed_spread(row)
         rows.append(row)
         write(complete=False)
-        print(f"{sampler}-{steps} {precision}: " + ", ".join(f"{k} {row[k]['mean']:.3f}±{row[k]['std']:.3f}" for k in FIGURES)
+        print(f"{setting[0]}-{setting[1]} {setting[2]}: "
+              + ", ".join(f"{k} {row[k]['mean']:.3f}±{row[k]['std']:.3f}" for k in FIGURES)
               + f", {row['s_per_clip']:.2f} s/clip", flush=True)
     ref = find_reference(rows, reference)
     for row in rows:
         row["within_reference_spread"] = None if ref is None else bool(within(row, ref))
-    result = write(complete=True)
-    print("\n" + table(result, reference))
+    return write(complete=True)
+
+
+def main(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    reference = args.reference or None
+    if args.table:
+        result = merge([json.loads(Path(f).read_text()) for f in args.table])
+    elif not (args.ckpt and args.npz_dir):
+        p.error("--ckpt and --npz_dir are needed (or --table JSON)")
+    else:
+        result = run_sweep(args, reference, argv)
+        print()
+    print(table(result, reference))
     if args.plot:
         print("wrote", plot(result, args.plot, reference))
     return 0

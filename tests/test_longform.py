@@ -62,7 +62,7 @@ def generate(setup, dances, sampling, config=FADE):
 
 
 def settings(**kw):
-    return SamplingConfig(**dict(dict(sampler="ddim", steps=2, guidance=2.0, seed=0, batch_size=4), **kw))
+    return SamplingConfig(**dict(dict(sampler="ddim", steps=2, guidance=2.0, seed=0, batch_size=4, precision="fp32"), **kw))
 
 
 def test_plan_windows_by_hand():

@@ -51,7 +51,7 @@ def counting(monkeypatch, fail_after=None):
             raise Stopped
         calls.append(a[3].sampler if len(a) > 3 else k["cfg"].sampler)
         return real(*a, **k)
-    monkeypatch.setattr(G, "generate_for_items", wrapped)
+    monkeypatch.setattr(sweep, "generate_for_items", wrapped)  # the name sampler_sweep.py calls
     return calls
 
 

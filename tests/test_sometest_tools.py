@@ -186,13 +186,13 @@ def test_band_levels_errors_per_band():
 
 
 def test_bench_ratios_pick_sample_py_defaults_as_resolved_here(monkeypatch):
-    from lm2a import generate as G
+    from lm2a import device as D
     bench = load_script("bench")
     rows = [{"sampler": s, "batch": b, "amp": a, "step_s": 1.0, "s_per_clip": t}
             for b in (1, 8) for s, a, t in (("DDPM-1000", "fp32", 600.0), ("DPM++-20", "fp32", 12.0),
                                             ("DPM++-20", "bf16", 8.0), ("UNIPC-20", "bf16", 8.0))]
     for flags, amp in ((frozenset({"avx512_bf16"}), "bf16"), (frozenset({"avx2"}), "fp32")):
-        monkeypatch.setattr(G, "_cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(D, "cpu_flags", lambda flags=flags: flags)
         default = bench.default_sampling(torch.device("cpu"))
         assert default == {"sampler": "DPM++-20", "amp": amp, "precision_setting": "auto"}
         r = bench.ratios({"sampling": rows, "sampling_default": default})
@@ -277,9 +277,9 @@ def test_bench_original_section_needs_the_checkout(tmp_path, capsys):
 def test_bench_original_section_on_a_fake_checkout(tmp_path, monkeypatch, capsys):
     import math
     import sys
-    from lm2a import generate as G
+    from lm2a import device as D
     bench = load_script("bench")
-    monkeypatch.setattr(G, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))  # default: DPM++-20 bf16
+    monkeypatch.setattr(D, "cpu_flags", lambda: frozenset({"avx512_bf16"}))  # default: DPM++-20 bf16
     monkeypatch.setattr(bench, "ORIGINAL_UNET", dict(bench.ORIGINAL_UNET, base_dim=8, cond_dim=8, time_emb_dim=8))
     monkeypatch.setattr(bench, "OUR_UNET", dict(base_dim=8, dim_mults=(1, 2), cond_dim=8, time_emb_dim=8,
                                                 num_heads=2, num_res_blocks=1, num_mid_blocks=1))
