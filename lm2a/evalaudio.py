@@ -10,8 +10,13 @@ can recompute them from OUT/audio/.
 """
 from pathlib import Path
 
+import soundfile as sf
+from tqdm import tqdm
 
 from lm2a.audio import write_wav
+from lm2a.melconfig import MelConfig
+from lm2a.rhythm import audio_rhythm
+from lm2a.vocoder import VocoderUnavailable, check_mel_compat, load_bigvgan, vocode_mels
 
 AUDIO_SETS = ("real", "generated", "uncond")
 GL_ITERS = 64       # Griffin-Lim iterations (lm2a.vocoder.griffin_lim's default)
@@ -24,7 +29,6 @@ def open_vocoder(vocoder, mel_cfg, device="cpu", gl_iters=GL_ITERS, notes=None):
     for Griffin-Lim, else a BigVGAN folder / name / hub id (lm2a.vocoder.load_bigvgan). A BigVGAN
     whose mel config differs from the clips' is refused (MelConfigMismatch, a ValueError); missing
     weights fall back to Griffin-Lim with a note, as testwav.py does."""
-    from lm2a.vocoder import VocoderUnavailable, check_mel_compat, load_bigvgan
     griffin = {"vocoder": "griffin-lim", "gl_iters": int(gl_iters), "gl_seed": GL_SEED}
     if not vocoder:
         return None, griffin
@@ -41,7 +45,6 @@ def open_vocoder(vocoder, mel_cfg, device="cpu", gl_iters=GL_ITERS, notes=None):
 
 def read_wav(path):
     """-> float32 (samples,), as librosa.load(path, sr=None) reads it."""
-    import soundfile as sf
     wav, _ = sf.read(str(path), dtype="float32", always_2d=False)
     return wav
 
@@ -49,11 +52,8 @@ def read_wav(path):
 def vocode_sets(mel_sets, mel_cfg, out_dir, model=None, gl_iters=GL_ITERS, progress=True):
     """mel_sets {set: {name: log-mel (80, T)}} (set None is left out) -> {set: {name: path of the
     wav}} under out_dir/<set>/, and {set: {name: the waveform as read back from that file}}. Each
-    mel is vocoded once."""
-    from tqdm import tqdm
-
-    from lm2a.vocoder import vocode_mels
-    sr = int(mel_cfg["sampling_rate"])
+    mel is vocoded once. mel_cfg: the mels' MelConfig."""
+    sr = MelConfig.parse(mel_cfg).sampling_rate
     paths, wavs = {}, {}
     sets = [(k, v) for k, v in mel_sets.items() if v]
     total = sum(len(v) for _, v in sets)
@@ -72,9 +72,6 @@ def vocode_sets(mel_sets, mel_cfg, out_dir, model=None, gl_iters=GL_ITERS, progr
 def analyse_sets(wavs, sr, fps, progress=True):
     """{set: {name: waveform}} -> {set: {name: lm2a.rhythm.audio_rhythm(...)}} (onsets and music
     beats of every waveform, computed once: a real clip serves several reference rows)."""
-    from tqdm import tqdm
-
-    from lm2a.rhythm import audio_rhythm
     jobs = [(kind, name, wav) for kind, named in wavs.items() for name, wav in named.items()]
     out = {kind: {} for kind in wavs}
     for kind, name, wav in tqdm(jobs, desc="onsets", unit="wav", disable=not progress or not jobs):

