@@ -14,6 +14,8 @@ from lm2a import longform as LF
 from lm2a import vocoder as V
 from lm2a.lyrics import DEFAULT_TEXT_ENCODER, LyricEncoder
 from lm2a.melconfig import load_mel_config
+from lm2a.motion import clip_motion_features, fill_nearest, load_smpl_json, motion_features, resample_to_mel
+from lm2a.vocoder import load_bigvgan, vocode
 from models.diffusion import SamplingConfig
 from tests.fakeclips import write_fake_clips
 from tests.songs import write_song
@@ -133,7 +135,6 @@ def test_null_lyric_is_the_dropped_lyric(setup):
 
 
 def test_motion_features_over_the_whole_dance(setup):
-    from lm2a.motion import clip_motion_features, fill_nearest, load_smpl_json, motion_features, resample_to_mel
     d = dance(setup)
     poses, _ = load_smpl_json(setup["song"] / "smplfull.json")
     poses, _, _ = fill_nearest(poses)
@@ -239,7 +240,6 @@ def test_sample_song_writes_full_gen_and_testwav_makes_one_wav(setup, capsys, mo
 
 
 def test_testwav_vocodes_a_long_mel_in_chunks(tmp_path):
-    from lm2a.vocoder import load_bigvgan, vocode
     model, _ = load_bigvgan(tiny_bigvgan(tmp_path / "voc"), "cpu")
     mel = (np.random.default_rng(0).normal(size=(80, 200)) - 5.0).astype(np.float32)
     whole = vocode(mel[None], model)[0]

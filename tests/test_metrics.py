@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from lm2a import DEFAULT_VOCODER_CONFIG
 from lm2a import metrics as M
 from lm2a.melconfig import load_mel_config
 
@@ -162,7 +163,6 @@ def test_onset_times_of_real_clicks_through_bigvgan_mel():
     import torch
     from bigvgan.env import AttrDict
     from bigvgan.meldataset import get_mel_spectrogram
-    from lm2a import DEFAULT_VOCODER_CONFIG
     from pathlib import Path
     h = AttrDict(json.loads(Path(DEFAULT_VOCODER_CONFIG).read_text()))  # shipped in BigVGAN/
     rng = np.random.default_rng(9)

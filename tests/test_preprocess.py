@@ -7,7 +7,7 @@ import torch
 
 import preprocess
 from lm2a.audio import load_audio
-from lm2a.clipio import load_clip
+from lm2a.clipio import CLIP_KEYS, load_clip
 from lm2a.melconfig import load_mel_config
 from lm2a.motion import fill_nearest, motion_features, parse_smpl_json
 from lm2a.timeline import parse_time
@@ -118,7 +118,6 @@ def test_clip_contents_match_design(dataset, tmp_path):
 
 
 def preprocess_keys():
-    from lm2a.clipio import CLIP_KEYS
     return CLIP_KEYS
 
 

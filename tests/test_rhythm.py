@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from lm2a import rhythm as R
+from lm2a.melconfig import load_mel_config
+from lm2a.vocoder import griffin_lim, vocode_mels
 from tests.rhythm_helpers import rhythm_metrics
 
 SR = 22050
@@ -187,8 +189,6 @@ def test_other_sample_rates_are_analysed_at_22050(click_track):
 
 
 def test_vocode_mels_griffin_lim_matches_single_calls():
-    from lm2a.melconfig import load_mel_config
-    from lm2a.vocoder import griffin_lim, vocode_mels
     cfg = load_mel_config()
     rng = np.random.default_rng(0)
     mels = [rng.uniform(-8, -2, (80, 20)).astype(np.float32), rng.uniform(-8, -2, (80, 12)).astype(np.float32)]
@@ -199,7 +199,6 @@ def test_vocode_mels_griffin_lim_matches_single_calls():
 
 def test_vocode_mels_batches_equal_lengths_in_order():
     import torch
-    from lm2a.vocoder import vocode_mels
 
     class Fake(torch.nn.Module):
         """Stands in for BigVGAN: (B, 80, T) -> (B, 1, T * 4), each sample = its frame's band 0."""

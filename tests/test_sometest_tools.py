@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from lm2a import device as D
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -186,7 +188,6 @@ def test_band_levels_errors_per_band():
 
 
 def test_bench_ratios_pick_sample_py_defaults_as_resolved_here(monkeypatch):
-    from lm2a import device as D
     bench = load_script("bench")
     rows = [{"sampler": s, "batch": b, "amp": a, "step_s": 1.0, "s_per_clip": t}
             for b in (1, 8) for s, a, t in (("DDPM-1000", "fp32", 600.0), ("DPM++-20", "fp32", 12.0),
@@ -277,7 +278,6 @@ def test_bench_original_section_needs_the_checkout(tmp_path, capsys):
 def test_bench_original_section_on_a_fake_checkout(tmp_path, monkeypatch, capsys):
     import math
     import sys
-    from lm2a import device as D
     bench = load_script("bench")
     monkeypatch.setattr(D, "cpu_flags", lambda: frozenset({"avx512_bf16"}))  # default: DPM++-20 bf16
     monkeypatch.setattr(bench, "ORIGINAL_UNET", dict(bench.ORIGINAL_UNET, base_dim=8, cond_dim=8, time_emb_dim=8))
