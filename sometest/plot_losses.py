@@ -119,11 +119,44 @@ def _plot_smoothed(ax, x, y, smooth, base_spacing, color, label, marker=None):
             label=f"{label} (EMA {factor:.3g}; last {y[-1]:.4g}, min {y.min():.4g})")
 
 
+def _plot_lr(ax, step, lr):
+    """The learning rate on a second y axis of `ax`. -> its legend handles."""
+    ax2 = ax.twinx()
+    ok = ~np.isnan(lr)
+    ax2.plot(step[ok], lr[ok], color="tab:gray", lw=1, ls="--", label="learning rate")
+    ax2.set_ylabel("learning rate", color="tab:gray")
+    ax2.tick_params(axis="y", colors="tab:gray")
+    ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    return ax2.get_lines()[:1]
+
+
+def _plot_gap(ax, step, gap, smooth, base_spacing):
+    """val_loss_uncond - val_loss around a zero line."""
+    ok = ~np.isnan(gap)
+    ax.axhline(0.0, color="black", lw=0.8)
+    _plot_smoothed(ax, step[ok], gap[ok], smooth, base_spacing, "tab:red", GAP_LABEL,
+                   marker="o" if ok.sum() < 50 else None)
+    ax.set_ylabel("uncond - cond\nval loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+
+
+def _plot_samples(ax, step, log, samples):
+    """The training-time sample figures ([(key, colour, label)]) in [0, 1]."""
+    for key, color, label in samples:
+        ok = ~np.isnan(log[key])
+        ax.plot(step[ok], log[key][ok], color=color, marker="o", ms=3, label=label)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("training-time\nsamples")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=7, ncol=2)
+
+
 def loss_figure(log, title="", smooth=SMOOTH):
     """matplotlib Figure of a read_log() dict: every loss column on a log axis with the learning rate
     on a second axis, and, when the log has val_loss and val_loss_uncond, a panel below with their
     difference (val_loss_uncond - val_loss) around a zero line."""
-    import matplotlib
+    import matplotlib  # heavy: only when a figure is drawn
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -152,30 +185,12 @@ def loss_figure(log, title="", smooth=SMOOTH):
     ax.grid(True, which="both", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if "lr" in log and not np.isnan(log["lr"]).all():
-        ax2 = ax.twinx()
-        ok = ~np.isnan(log["lr"])
-        ax2.plot(step[ok], log["lr"][ok], color="tab:gray", lw=1, ls="--", label="learning rate")
-        ax2.set_ylabel("learning rate", color="tab:gray")
-        ax2.tick_params(axis="y", colors="tab:gray")
-        ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-        handles += ax2.get_lines()[:1]
+        handles += _plot_lr(ax, step, log["lr"])
         labels += ["learning rate"]
     if has_gap:
-        ok = ~np.isnan(gap)
-        ax_gap.axhline(0.0, color="black", lw=0.8)
-        _plot_smoothed(ax_gap, step[ok], gap[ok], smooth, base_spacing, "tab:red", GAP_LABEL,
-                       marker="o" if ok.sum() < 50 else None)
-        ax_gap.set_ylabel("uncond - cond\nval loss")
-        ax_gap.grid(True, alpha=0.3)
-        ax_gap.legend(loc="best", fontsize=8)
-    for key, color, label in samples:
-        ok = ~np.isnan(log[key])
-        ax_samples.plot(step[ok], log[key][ok], color=color, marker="o", ms=3, label=label)
+        _plot_gap(ax_gap, step, gap, smooth, base_spacing)
     if samples:
-        ax_samples.set_ylim(-0.02, 1.02)
-        ax_samples.set_ylabel("training-time\nsamples")
-        ax_samples.grid(True, alpha=0.3)
-        ax_samples.legend(loc="best", fontsize=7, ncol=2)
+        _plot_samples(ax_samples, step, log, samples)
     axes[-1, 0].set_xlabel("step")
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     if title:
