@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 from tqdm import tqdm
 
 from lm2a import DEFAULT_VOCODER_CONFIG, SCHEMA_VERSION
@@ -227,8 +228,9 @@ def _process_song_star(args):
 
 
 def _worker_init():
-    import torch
-    import bigvgan.meldataset  # noqa: F401  (imported once per worker, while the text is encoded)
+    # bigvgan's mel code is imported once per worker while the main process encodes the text, so the
+    # first song does not pay for it
+    import bigvgan.meldataset  # noqa: F401
     torch.set_num_threads(1)  # one song per process: threads would only fight over the cores
 
 
