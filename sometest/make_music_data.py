@@ -85,9 +85,9 @@ MODIFIED_NOTICE = ("Modified versions: segments cut from the original recordings
                    "22050 Hz, with synthetic speech (espeak-ng) mixed in; motion and lyrics are synthetic.")
 
 # ---- fixed properties of the generated data ---------------------------------------------------
-SR = 22050                   # sample rate of audio.wav and of all analysis
+SR = 22050                   # rate of the audio.wav written (a dataset format, not the mel config) and of analysis
 FPS = 30                     # motion frame rate (EasyMocap smplfull.json)
-HOP = 256                    # analysis hop (as the pipeline's mels)
+HOP = 256                    # this generator's beat-analysis hop (the mel hop comes from the vocoder config)
 SCAN_HOP = 512               # coarser hop for scanning whole recordings
 SCAN_STEP_S = 2.0            # grid of candidate segment starts, seconds
 MIN_PULSE = 0.3              # recordings whose best segment has a weaker pulse than this are not used
