@@ -436,7 +436,7 @@ def plot_longform(path, generated, real=None, window_starts=(), joins=(), hop_s=
              + [(j, dict(color="cyan", lw=0.8)) for j in joins])
     mel_figure(path, rows, title=title, hop_seconds=hop_s, start_s=start_s, marks=marks,
                xlabel="song time (s); dashed: window starts, cyan: joins (where the next window takes over)",
-               panel_size=(width - 0.4, 2.4))
+               panel_size=(width - 0.4, 2.4), x_frames=generated.shape[1])
 
 
 # ---- measures -----------------------------------------------------------------------------------

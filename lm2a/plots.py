@@ -16,10 +16,11 @@ def _pyplot():
 
 
 def mel_figure(path, rows, title="", col_titles=None, hop_seconds=None, start_s=0.0, marks=(),
-               xlabel=None, panel_size=(10.0, 2.6), return_image=False):
+               xlabel=None, panel_size=(10.0, 2.6), x_frames=None, return_image=False):
     """rows: [(label, [mel (n_mels, T), ...])], every row with the same number of columns.
     hop_seconds: the x axis in seconds from start_s (else mel frames). marks: [(frame, line style
-    dict)] vertical lines on every panel. -> the RGB image (H, W, 3) with return_image, else None."""
+    dict)] vertical lines on every panel. x_frames: every panel's x axis spans this many frames (panels
+    of different lengths on one time axis; default: each its own). -> the RGB image (H, W, 3) with return_image, else None."""
     plt = _pyplot()
     n_rows, n_cols = len(rows), len(rows[0][1])
     mels = [m for _, row in rows for m in row]
@@ -35,6 +36,8 @@ def mel_figure(path, rows, title="", col_titles=None, hop_seconds=None, start_s=
                            interpolation="nearest", extent=(to_x(0), to_x(mel.shape[1]), 0, mel.shape[0]))
             for frame, style in marks:
                 ax.axvline(to_x(frame), **style)
+            if x_frames:
+                ax.set_xlim(to_x(0), to_x(x_frames))
             if r == 0 and col_titles:
                 ax.set_title(col_titles[c], fontsize=8)
             if c == 0:
