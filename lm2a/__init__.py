@@ -10,5 +10,3 @@ DEFAULT_VOCODER_NAME = "bigvgan_v2_22khz_80band_256x"
 DEFAULT_VOCODER_DIR = REPO_ROOT / "BigVGAN" / DEFAULT_VOCODER_NAME
 DEFAULT_VOCODER_CONFIG = DEFAULT_VOCODER_DIR / "config.json"
 SCHEMA_VERSION = 1
-
-from lm2a.device import pick_device  # noqa: E402,F401  TEMPORARY (issue 18 transition): callers move to lm2a.device

@@ -5,19 +5,11 @@ import math
 
 import numpy as np
 
-from lm2a.plots import mel_figure
+from lm2a.plots import mel_figure, pyplot
 
 COLORS = {"model": "tab:blue", "uncond": "tab:orange", "chance": "tab:gray", "shuffled": "tab:purple",
           "real": "tab:green"}
 PANEL_COLUMNS = 4
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend."""
-    import matplotlib  # heavy, and only the plotting steps need it
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def plot_mel_pairs(path, clips, gens, uncond, n):

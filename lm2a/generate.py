@@ -29,7 +29,6 @@ from lm2a.lyrics import LyricEncoder
 from lm2a.melconfig import MelConfig
 from lm2a.motion import resample_to_mel
 from lm2a.plots import mel_figure
-from lm2a.trained import load_model  # noqa: F401  TEMPORARY re-export (issue 18 transition)
 from models.diffusion import SamplingConfig
 
 GEN_SUFFIX = "_gen"            # <name>_gen.npz

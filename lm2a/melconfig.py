@@ -120,27 +120,3 @@ def load_mel_config(path=None) -> MelConfig:
     h["name"] = p.parent.name if p.name == "config.json" else p.stem
     return MelConfig.parse(h, where=str(p))
 
-
-# ---- TEMPORARY (removed when every caller speaks MelConfig; issue 18 transition) -----------------
-def _getitem(self, key):
-    return self.to_dict()[key]
-
-
-MelConfig.__getitem__ = _getitem
-MelConfig.get = lambda self, key, default=None: self.to_dict().get(key, default)
-
-
-def mel_config_to_json(cfg) -> str:
-    return MelConfig.parse(cfg).to_json()
-
-
-def mel_config_from_json(s) -> dict:
-    return MelConfig.parse(s).to_dict()
-
-
-def compare_mel_configs(a, b, a_name="clip", b_name="vocoder"):
-    return MelConfig.parse(a).differences(MelConfig.parse(b), a_name, b_name)
-
-
-def as_attrdict(cfg):
-    return MelConfig.parse(cfg).hparams()

@@ -8,7 +8,8 @@ pipeline (sample.py's PNGs, training-time samples, val.py's pairs, whole-dance p
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
     import matplotlib  # heavy, and only the plotting stages need it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -21,7 +22,7 @@ def mel_figure(path, rows, title="", col_titles=None, hop_seconds=None, start_s=
     hop_seconds: the x axis in seconds from start_s (else mel frames). marks: [(frame, line style
     dict)] vertical lines on every panel. x_frames: every panel's x axis spans this many frames (panels
     of different lengths on one time axis; default: each its own). -> the RGB image (H, W, 3) with return_image, else None."""
-    plt = _pyplot()
+    plt = pyplot()
     n_rows, n_cols = len(rows), len(rows[0][1])
     mels = [m for _, row in rows for m in row]
     vmin = min(float(np.min(m)) for m in mels)

@@ -32,7 +32,7 @@ import torch
 
 from lm2a.clipio import write_text_atomic
 from lm2a.data import collate_fn
-from lm2a.evalplots import pyplot
+from lm2a.plots import pyplot
 from lm2a.generate import clip_seed
 from lm2a.lyrics import MAX_TOKENS, resolve_encoder_path
 from lm2a.plots import mel_figure

@@ -45,24 +45,6 @@ class TrainedModel:
     def weights_label(self) -> str:
         return "EMA" if self.use_ema else "raw (no EMA)"
 
-    # ---- TEMPORARY: the old info-dict keys, until every caller reads attributes (issue 18) ----
-    def __getitem__(self, key):
-        if key == "_path":
-            return self.path
-        value = getattr(self, key)
-        if key == "text_encoder":
-            return {"name": value.name, "dim": value.dim}
-        if key == "diffusion_config":
-            from dataclasses import asdict
-            return asdict(value)
-        return value
-
-    def get(self, key, default=None):
-        try:
-            return self[key]
-        except AttributeError:
-            return default
-
 
 def norm_stats(ckpt: dict) -> dict:
     return {k: torch.as_tensor(ckpt["norm_stats"][k], dtype=torch.float32) for k in NORM_STAT_KEYS}

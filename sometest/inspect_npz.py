@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO))  # run as a script: lm2a/ lives in the repository 
 
 from lm2a.melconfig import MelConfig, MelConfigError, load_mel_config  # noqa: E402
 from lm2a.motion import joint_angular_speeds  # noqa: E402
-from lm2a.plots import mel_figure  # noqa: E402
+from lm2a.plots import mel_figure, pyplot  # noqa: E402
 from models.layout import ACCELERATION, POSE, POSE_DIM, TH, VELOCITY  # noqa: E402
 
 # ---- defaults of the command-line flags ----
@@ -101,10 +101,7 @@ def joint_speeds(motion):
 
 
 def plot_motion(data, stem, out_png):
-    import matplotlib  # heavy: only when a picture is asked for
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     motion = np.asarray(data["motion"], dtype=np.float32)  # (F, 234)
     _, _, fps = _time_settings(data)
     seconds = motion.shape[0] / fps

@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 from lm2a import metrics as M  # noqa: E402
 from lm2a.clipio import atomic_file, list_clip_files  # noqa: E402
 from lm2a.generate import generate_for_items, load_clips  # noqa: E402
+from lm2a.plots import pyplot  # noqa: E402
 from lm2a.trained import load_model  # noqa: E402
 from models.diffusion import SamplingConfig  # noqa: E402
 
@@ -124,10 +125,8 @@ def table(result, reference="ddpm:1000"):
 def plot(result, path, reference="ddpm:1000"):
     """Each figure (and seconds per clip) against sampler steps: one line per sampler and precision,
     error bars = seed-to-seed std, the reference row as a band (mean ± 2 std)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
+    plt = pyplot()
+    import matplotlib.ticker  # with pyplot: only when a figure is drawn
     ref = find_reference(result["rows"], reference)
     lines = {}
     for row in result["rows"]:

@@ -14,6 +14,7 @@ from lm2a import longform as LF
 from lm2a import vocoder as V
 from lm2a.lyrics import DEFAULT_TEXT_ENCODER, LyricEncoder
 from lm2a.melconfig import load_mel_config
+from lm2a.trained import load_model
 from lm2a.motion import clip_motion_features, fill_nearest, load_smpl_json, motion_features, resample_to_mel
 from lm2a.vocoder import load_bigvgan, vocode
 from models.diffusion import SamplingConfig
@@ -44,7 +45,7 @@ def setup(tmp_path_factory):
     ckpt = make_checkpoint(root / "ckpt" / "step_00000007.pt", root / "clips", step=7)
     song = root / "JustLMD" / "Songs_2021" / "longsong"
     write_song(song, KEYS, lyrics=LINES, seed=4)  # motion 1.5 .. 22.5 s, audio 0 .. 22.5 s
-    diffusion, info = G.load_model(ckpt, "cpu")
+    diffusion, info = load_model(ckpt, "cpu")
     return dict(root=root, ckpt=ckpt, song=song, diffusion=diffusion, info=info,
                 encoder=LyricEncoder(DEFAULT_TEXT_ENCODER))
 
