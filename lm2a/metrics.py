@@ -16,6 +16,8 @@ Onset peak picking re-implements `librosa.util.peak_pick` in numpy (same rule, s
 import math
 
 import numpy as np
+from scipy.linalg import sqrtm
+from scipy.signal import find_peaks
 
 from lm2a.melconfig import MelConfig
 from lm2a.motion import joint_speed
@@ -54,7 +56,7 @@ def mse(real, gen) -> float:
 def ssim(real, gen) -> float:
     """Structural similarity (scikit-image, 7x7 uniform window) of the two log-mel images, in [-1, 1].
     data_range = real.max() - real.min() (1.0 if the real mel is constant)."""
-    from skimage.metrics import structural_similarity
+    from skimage.metrics import structural_similarity  # scikit-image takes a second to import: SSIM only
     real, gen = _mel_pair(real, gen)
     data_range = float(real.max() - real.min())
     return float(structural_similarity(real, gen, data_range=data_range if data_range > 0 else 1.0))
@@ -244,7 +246,6 @@ def motion_beats(motion, fps: int = MOTION_FPS, min_gap_s: float = BEAT_MIN_GAP_
     (lm2a.motion.joint_speed: summed joint angular speed, smoothed over `smooth` frames) that
     are at least min_gap_s apart and at least `prominence` x (max - min speed) deep
     (scipy.signal.find_peaks on -speed; the first and last frame are never beats)."""
-    from scipy.signal import find_peaks
     speed = joint_speed(motion, smooth)
     speed_range = float(speed.max() - speed.min()) if speed.size else 0.0
     if speed_range <= 0:
@@ -329,7 +330,6 @@ def mel_statistics(mels):
 def frechet_from_stats(mu1, sigma1, mu2, sigma2, eps: float = FRECHET_EPS) -> float:
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)); the real part of sqrtm is used, eps I is
     added to both covariances when sqrtm is not finite; clipped at 0 (rounding)."""
-    from scipy.linalg import sqrtm
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     covmean = sqrtm(sigma1 @ sigma2)

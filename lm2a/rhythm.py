@@ -35,6 +35,7 @@ only six 1-second bins, so the *_1s scores move in steps of 1/6; the *_5hz varia
 import math
 
 import numpy as np
+from scipy.signal import argrelextrema
 
 from lm2a.metrics import gaussian_hit_mean, normalized_peaks
 from lm2a.motion import joint_speed
@@ -114,7 +115,7 @@ def to_paper_rate(wav, sr: int) -> np.ndarray:
     signal every script analyses (they read their wav files with librosa.load's 22050 Hz default)."""
     wav = _mono(wav)
     if int(sr) != PAPER_SR:
-        import librosa
+        import librosa  # heavy (numba): only when audio is scored
         wav = librosa.resample(wav, orig_sr=int(sr), target_sr=PAPER_SR).astype(np.float32)
     return wav
 
@@ -124,7 +125,7 @@ def wav_onset_envelope(wav, sr: int = PAPER_SR, pad_mode: str = ONSET_PAD_MODE) 
     librosa.onset.onset_strength(y, sr=22050) with librosa's defaults (hop 512, n_fft 2048,
     128-band mel in dB, lag 1, centred; STFT edges padded with `pad_mode`, see ONSET_PAD_MODE):
     (1 + n_samples // 512,) float32; frame f is at f * 512 / 22050 s."""
-    import librosa
+    import librosa  # heavy (numba): only when audio is scored
     y = to_paper_rate(wav, sr)
     return librosa.onset.onset_strength(y=y, sr=PAPER_SR, hop_length=PAPER_ONSET_HOP, pad_mode=pad_mode)
 
@@ -210,7 +211,6 @@ def aist_motion_beats(motion_features, fps: float = MOTION_FPS) -> np.ndarray:
     qualify). Deviations: the speed is lm2a.motion.joint_speed (summed angular speed of the 24 SMPL
     joints from the feature's velocity block, unsmoothed) where AIST++ sums 3-D joint position
     speeds from SMPL forward kinematics, and the order is scaled from 10 at 60 fps (aist_order)."""
-    from scipy.signal import argrelextrema
     speed = joint_speed(motion_features)                                     # (F,)
     if speed.size < 3:
         return np.zeros(0, dtype=np.int64)
@@ -223,7 +223,7 @@ def aist_music_beats(wav, sr: int = PAPER_SR, fps: float = MOTION_FPS) -> np.nda
     frame, librosa.onset.onset_strength with its defaults, librosa.beat.beat_track(onset_envelope,
     hop_length=512, tightness=100). Returns beat frame / fps. Deviation: AIST++ passes start_bpm from
     the AIST music name; a generated clip's tempo is unknown, so librosa's default (120) is used."""
-    import librosa
+    import librosa  # heavy (numba): only when audio is scored
     beat_sr = int(round(fps * AIST_HOP))
     y = librosa.resample(_mono(wav), orig_sr=int(sr), target_sr=beat_sr)
     env = librosa.onset.onset_strength(y=y, sr=beat_sr, hop_length=AIST_HOP, pad_mode=ONSET_PAD_MODE)

@@ -60,7 +60,7 @@ def resolve_vocoder_dir(name_or_dir):
 def _hub_fetch(hub_id):
     """-> (config path, weights path) through the hub cache; raises VocoderUnavailable on any error."""
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # only a hub id needs the network client
         config = hf_hub_download(repo_id=hub_id, filename=CONFIG_FILE)
         weights = hf_hub_download(repo_id=hub_id, filename=WEIGHTS_FILE)
     except Exception as e:  # offline, unknown repo, auth, disk: all mean "no hub vocoder"
