@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from lm2a.audio import compute_mel, load_audio
 from lm2a.clipio import save_npz_atomic
+from lm2a.data import pad_lyric_tokens
 from lm2a.device import resolve_precision
 from lm2a.generate import clip_seed, compatibility_problems, make_generator
 from lm2a.lyrics import LyricEncoder
@@ -302,15 +303,10 @@ def encode_window_lyrics(dances, info, device="cpu", encoder=None):
 
 
 def _lyric_batch(token_list):
-    """[(L_i, D)] -> lyrics (B, L, D) zero-padded, pad mask (B, L) True on padding, L >= 1; a null
+    """[(L_i, D)] numpy -> lyrics (B, L, D) zero-padded, pad mask (B, L) True on padding, L >= 1; a null
     lyric (L_i = 0) is all padding: the model attends to its learned null token alone, as when
     lyrics are dropped (models/embedding.py LyricEmbedding)."""
-    L = max(1, max(t.shape[0] for t in token_list))
-    lyrics = torch.zeros(len(token_list), L, token_list[0].shape[1])
-    lengths = torch.tensor([t.shape[0] for t in token_list])
-    for i, t in enumerate(token_list):
-        lyrics[i, :t.shape[0]] = torch.from_numpy(t)
-    return lyrics, torch.arange(L)[None, :] >= lengths[:, None]
+    return pad_lyric_tokens([torch.from_numpy(t) for t in token_list], length=1)
 
 
 def _window_motion(dance, k):
