@@ -138,13 +138,6 @@ def pick_onsets(envelope, peaks: dict) -> np.ndarray:
     return normalized_peaks(envelope, **peaks)
 
 
-def onset_times_from_audio(wav, sr: int = PAPER_SR, peaks: dict = D2M_PEAKS) -> np.ndarray:
-    """Onset times (s) of a waveform: librosa.onset.onset_detect(y, sr=22050, units='time', **peaks),
-    the call of D2M-GAN's (peaks=D2M_PEAKS) and LORIS's (peaks=LORIS_PEAKS) beats_scores.py.
-    A waveform at another rate is first resampled to 22050 Hz, as their librosa.load did."""
-    return pick_onsets(wav_onset_envelope(wav, sr), peaks) * PAPER_ONSET_HOP / PAPER_SR
-
-
 # ---------------------------------------------------------------------------------------------
 # binned beat scores
 
