@@ -131,12 +131,13 @@ class Run:
 
     def validate(self):
         """Validates the EMA model (all ranks) with the conditions, without, and with one of them;
-        keeps best.pt -> the val columns of a log row."""
+        keeps best.pt -> the val columns of a log row. In fp32 whatever --amp trains with, so the
+        losses of runs in different precisions compare."""
         parts, state, settings = self.parts, self.state, self.settings
         parts.ema_diffusion.eval()
         sums, n = validation_loss(parts.ema_diffusion, self.val_ds, self.val_indices, parts.config.batch_size,
-                                  parts.device, parts.autocast, settings.val_timesteps, settings.val_seed,
-                                  VAL_DROPS)
+                                  parts.device, n_timesteps=settings.val_timesteps, seed=settings.val_seed,
+                                  drops=VAL_DROPS)
         totals = torch.tensor([sums[k] for k in VAL_DROPS] + [n], dtype=torch.float64, device=parts.device)
         if parts.world > 1:
             torch.distributed.all_reduce(totals)
