@@ -115,8 +115,8 @@ def warnings(history):
     if share > SATURATION_SHARE:
         out.append(f"samples saturate: {100 * share:.1f} % of the generated values sit at the x0 clip or "
                    f"outside the real clips' range (healthy: under {100 * SATURATION_SHARE:.0f} %). "
-                   f"The model has not learned the data's scale yet; try --objective v, a lower --lr or "
-                   f"more steps, and look at samples/.")
+                   f"The model has not learned the data's scale yet; try more steps or a lower --lr (with "
+                   f"--objective eps, try v), and look at samples/.")
     gaps = [r.get("cond_gap") for r in history if r.get("cond_gap") is not None]
     if len(gaps) >= GAP_PATIENCE and all(g <= 0 for g in gaps[-GAP_PATIENCE:]):
         out.append(f"the conditioning gap (val_loss_uncond - val_loss) has been <= 0 for "
