@@ -236,13 +236,12 @@ def net_wrapper(run_cfg, world, device):
 
 
 def describe_setup(parts, model_cfg, diffusion_cfg, train_ds, val_ds, per_epoch, world, total_steps):
-    amp = str(parts.amp_dtype).replace("torch.", "") if parts.amp_dtype else "off"
     return (f"train.py: UNet1D_ultimate {sum(p.numel() for p in parts.model.parameters()) / 1e6:.2f}M "
             f"parameters (base_dim {model_cfg.base_dim}, dim_mults {','.join(map(str, model_cfg.dim_mults))}, "
             f"cond_dim {model_cfg.cond_dim}; {diffusion_cfg.objective} objective, {diffusion_cfg.motion_features} "
             f"motion features); {len(train_ds)} train / {len(val_ds) if val_ds else 0} val "
             f"clips; {per_epoch} steps per epoch x {world} process(es); {total_steps} steps; "
-            f"device {parts.device}, amp {amp}{' + GradScaler' if parts.scaler else ''}")
+            f"device {parts.device}, amp {parts.config.amp} -> {parts.amp_name}{' + GradScaler' if parts.scaler else ''}")
 
 
 def resume_state(ckpt, parts, sampler, changed, run_changed, world, log):

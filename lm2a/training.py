@@ -154,6 +154,11 @@ class TrainParts:
     rank: int = 0
     world: int = 1
 
+    @property
+    def amp_name(self):
+        """The arithmetic the training steps run in: "fp32", "bf16" or "fp16" (--amp resolved)."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
 
@@ -507,7 +512,7 @@ def training_checkpoint(parts, state, mel_config, text_encoder, train_args) -> d
         "norm_stats": diffusion.norm_stats(), "mel_config": mel_config.to_dict(),
         "text_encoder": dict(text_encoder),
         "step": state.step, "epoch": state.epoch, "epoch_batch": state.epoch_batch,
-        "world_size": parts.world,
+        "world_size": parts.world, "amp": parts.amp_name,
         "model": to_cpu(parts.model.state_dict()), "ema": to_cpu(parts.ema.module.state_dict()),
         "ema_num_averaged": int(parts.ema.n_averaged),
         "optimizer": to_cpu(parts.optimizer.state_dict()),

@@ -53,7 +53,7 @@ import preprocess  # noqa: E402
 import sample as sample_script  # noqa: E402
 from dataset import MelDataset  # noqa: E402
 from lm2a.data import collate_fn  # noqa: E402
-from lm2a.device import pick_device, resolve_precision  # noqa: E402
+from lm2a.device import native_bf16, pick_device, resolve_precision  # noqa: E402
 from lm2a.training import TrainConfig, build_parts, train_step  # noqa: E402
 from models import cross_attention  # noqa: E402
 from models.cross_attention import SDPAAttention  # noqa: E402
@@ -267,38 +267,54 @@ def unit_stats():
             "motion_mean": torch.zeros(MOTION_DIM), "motion_std": torch.ones(MOTION_DIM)}
 
 
+def training_variants(args, device):
+    """(amp, attention kernel, compiled) of the training rows: fp32 and, where the device computes it
+    natively or on CUDA, bf16 autocast; the MHA baseline in fp32; with --compile, torch.compile'd
+    SDPA in each precision."""
+    amps = ("off", "bf16") if device.type == "cuda" or native_bf16(device) else ("off",)
+    variants = [(amp, "sdpa", False) for amp in amps] + [("off", "mha", False)]
+    if args.compile:
+        variants += [(amp, "sdpa", True) for amp in amps]
+    return variants
+
+
+def training_parts(variant, B, device):
+    amp, impl, compiled = variant
+    with mha_attention() if impl == "mha" else contextlib.nullcontext():
+        parts = build_parts(UNetConfig(lyric_dim=LYRIC_DIM), DiffusionConfig(),
+                            TrainConfig(batch_size=B, amp=amp, lr=1e-4), unit_stats(), device,
+                            total_steps=1000, net_wrapper=torch.compile if compiled else None)
+    check_attention(parts.model, impl)
+    return parts
+
+
 def bench_training(args, device):
     """Median time of train.py's own step (lm2a.training.train_step: loss, backward, clipping, Adan,
-    EMA update, LR schedule) at the default model size."""
+    EMA update, LR schedule) at the default model size, every variant (training_variants) of a batch
+    size timed in the same rounds (interleaved); the first steps of a compiled variant (its compile
+    time) are timed apart."""
     reps = 2 if args.quick else 3
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    amps = ("off", "bf16") if device.type == "cuda" else ("off",)
     rows = []
     for B in (TRAIN_BATCHES[:1] if args.quick else TRAIN_BATCHES):
         batch = synthetic_batch(B)
-        for amp in amps:
-            for impl in ("sdpa", "mha"):
-                compiled = args.compile and impl == "sdpa"
-                with mha_attention() if impl == "mha" else contextlib.nullcontext():
-                    parts = build_parts(UNetConfig(lyric_dim=LYRIC_DIM), DiffusionConfig(),
-                                        TrainConfig(batch_size=B, amp=amp, lr=1e-4), unit_stats(), device,
-                                        total_steps=1000, net_wrapper=torch.compile if compiled else None)
-                check_attention(parts.model, impl)
-                counter = iter(range(10 ** 6))
-
-                def step():
-                    train_step(parts, batch, next(counter))
-
-                reset_peak_rss()
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                med, times = median_time(step, reps, warmup=1 if not compiled else 2, sync=sync)
-                mem = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb())
-                rows.append({"batch": B, "amp": "fp32" if amp == "off" else amp,
-                             "attn": impl + ("+compile" if compiled else ""),
-                             "step_s": med, "samples_per_s": B / med, "peak_mem_mb": mem,
-                             "params": sum(p.numel() for p in parts.model.parameters()), "times": times})
-                parts = None  # frees the model before the next one is built
+        steps, first = {}, {}
+        for variant in training_variants(args, device):
+            parts = training_parts(variant, B, device)
+            n_params = sum(p.numel() for p in parts.model.parameters())
+            counter = iter(range(10 ** 6))
+            steps[variant] = (lambda parts=parts, counter=counter: train_step(parts, batch, next(counter)))
+            t = time.perf_counter()
+            steps[variant]()  # warm-up; for a compiled variant this is the compile
+            first[variant] = time.perf_counter() - t
+        reset_peak_rss()
+        timed = interleaved_median_times(steps, reps, warmup=1, sync=sync)
+        for (amp, impl, compiled), (med, times) in timed.items():
+            rows.append({"batch": B, "amp": "fp32" if amp == "off" else amp,
+                         "attn": impl + ("+compile" if compiled else ""), "step_s": med, "samples_per_s": B / med,
+                         "first_step_s": first[(amp, impl, compiled)], "peak_mem_mb": peak_rss_mb(),
+                         "params": n_params, "times": times})
+        steps = None  # frees the models before the next batch size
     return {"training": rows}
 
 
@@ -319,7 +335,32 @@ def bench_sampling(args, device):
                 rows.append({"sampler": f"{sampler.upper()}-{total_steps}", "batch": B, "amp": precision,
                              "guidance": SAMPLE_GUIDANCE, "step_s": per_step,
                              "s_per_clip": per_step * total_steps / B})
+    if args.compile:
+        rows += compiled_sampling_rows(diff, reps, sync, device)
     return {"sampling": rows, "sampling_default": default_sampling(device)}
+
+
+def compiled_sampling_rows(diff, reps, sync, device):
+    """sample.py's default sampler with the UNet under torch.compile against the same UNet eager,
+    interleaved, per precision and batch; the first run (the compile) timed apart."""
+    sampler, total_steps = sample_script.SAMPLER, sample_script.STEPS
+    compiled = GaussianDiffusion(torch.compile(diff.model)).to(device).eval()
+    rows = []
+    for B in SAMPLE_BATCHES:
+        batch = synthetic_batch(B)
+        for precision in ("fp32", "bf16"):
+            runs = {"eager": our_sampling_run(diff, batch, sampler, precision),
+                    "compile": our_sampling_run(compiled, batch, sampler, precision)}
+            t = time.perf_counter()
+            runs["compile"]()
+            first = time.perf_counter() - t
+            for name, (med, _) in interleaved_median_times(runs, reps, sync=sync).items():
+                per_step = med / SAMPLE_STEPS_TIMED
+                rows.append({"sampler": f"{sampler.upper()}-{total_steps}" + ("+compile" if name == "compile" else ""),
+                             "batch": B, "amp": precision, "guidance": SAMPLE_GUIDANCE, "step_s": per_step,
+                             "s_per_clip": per_step * total_steps / B,
+                             "first_run_s": first if name == "compile" else None, "interleaved": True})
+    return rows
 
 
 def our_sampling_model(device, **overrides):
@@ -525,10 +566,11 @@ def table(res):
                   f"| per-item npz read + np.interp per dim (baseline) | {L['baseline_per_item_interp_batches_per_s']:.1f} | {L['baseline_items_per_s']:.0f} |",
                   f"| preload (one-off) | | {L['preload_items_per_s']:.0f} |", ""]
     if "training" in res:
-        lines += ["| training step (default size) | batch | amp | s/step | samples/s | peak mem MB |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| training step (default size) | batch | amp | s/step | samples/s | first step s | peak mem MB |",
+                  "|---|---|---|---|---|---|---|"]
         for r in res["training"]:
-            lines.append(f"| {r['attn']} | {r['batch']} | {r['amp']} | {r['step_s']:.3f} | {r['samples_per_s']:.2f} | {r['peak_mem_mb']:.0f} |")
+            lines.append(f"| {r['attn']} | {r['batch']} | {r['amp']} | {r['step_s']:.3f} | {r['samples_per_s']:.2f} | "
+                         f"{r.get('first_step_s', float('nan')):.1f} | {r['peak_mem_mb']:.0f} |")
         lines.append("")
     if "sampling" in res:
         lines += ["| sampling, guidance 2 (doubled batch) | batch | amp | s/step | s/clip |", "|---|---|---|---|---|"]
@@ -570,10 +612,12 @@ def ratios(res):
     out = {}
     if "training" in res:
         for B in {r["batch"] for r in res["training"]}:
-            for amp in {r["amp"] for r in res["training"]}:
-                rows = {r["attn"].split("+")[0]: r for r in res["training"] if r["batch"] == B and r["amp"] == amp}
-                if {"sdpa", "mha"} <= set(rows):
-                    out[f"train_mha_over_sdpa_b{B}_{amp}"] = rows["mha"]["step_s"] / rows["sdpa"]["step_s"]
+            rows = {(r["amp"], r["attn"]): r for r in res["training"] if r["batch"] == B}
+            if {("fp32", "sdpa"), ("fp32", "mha")} <= set(rows):
+                out[f"train_mha_over_sdpa_b{B}_fp32"] = rows["fp32", "mha"]["step_s"] / rows["fp32", "sdpa"]["step_s"]
+            for (amp, attn), r in rows.items():  # how much faster than our plain fp32 step
+                if ("fp32", "sdpa") in rows and (amp, attn) != ("fp32", "sdpa") and attn != "mha":
+                    out[f"train_fp32_over_{amp}_{attn}_b{B}"] = rows["fp32", "sdpa"]["step_s"] / r["step_s"]
     if "sampling" in res:  # seconds per clip of DDPM-1000 fp32 over each row's, same batch, same run
         for r in res["sampling"]:
             base = next((b for b in res["sampling"] if b["batch"] == r["batch"] and b["amp"] == "fp32"
@@ -607,7 +651,8 @@ def main(argv=None):
     p.add_argument("--original_repo", default=None,
                    help=f"checkout of github.com/{ORIGINAL_GITHUB}, for --sections original")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile for training (sdpa)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile: the training step (sdpa, each precision) and sample.py's sampler")
     p.add_argument("--work_dir", default=None, help="where demo data and clips go (default: a temp dir)")
     args = p.parse_args(argv)
     device = pick_device(args.device)
