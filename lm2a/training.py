@@ -64,7 +64,8 @@ class TrainConfig:
                                   "(natural-log units; 0.23 = 2 dB)")
     aug_eq: float = hparam(0.4, "per-band std of a random smooth spectral tilt/curve added to a training "
                                 "clip's log-mel (ln units), so a song's timbre cannot be told from its dance")
-    amp: str = hparam("auto", "auto: CUDA bf16 (fp16 + GradScaler without bf16), CPU off; --amp alone = on",
+    amp: str = hparam("auto", "auto: CUDA bf16 (fp16 + GradScaler without bf16); a CPU with native bf16 "
+                              "bf16 from base_dim 256 up, else off; --amp alone = on",
                       choices=("auto", "on", "off", "bf16", "fp16"),
                       flag_kwargs=dict(nargs="?", const="on"))
     seed: int = hparam(0, "seeds model init, data order and per-step noise")
@@ -210,7 +211,7 @@ def build_parts(model_config, diffusion_config, config: TrainConfig, norm_stats,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(
         config.lr_schedule, warmup, total_steps, config.min_lr_ratio, config.lr_decay_every,
         config.lr_decay_gamma))
-    amp_dtype, use_scaler = amp_settings(config.amp, device)
+    amp_dtype, use_scaler = amp_settings(config.amp, device, model_config.base_dim)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     net = net_wrapper(model) if net_wrapper is not None else model
     diffusion = GaussianDiffusion(net, diffusion_config, **norm_stats).to(device)

@@ -65,6 +65,7 @@ from sometest.make_demo_data import make_demo_dataset  # noqa: E402
 # ---- defaults (edit here or pass --flag) --------------------------------------------------------
 REPEATS = 5            # timed repetitions per figure (median reported); --quick uses 2
 TRAIN_BATCHES = (4, 16)  # training batch sizes
+DEMO_UNET = dict(base_dim=32, dim_mults=(1, 2))  # --train_size demo: make demo's model (1.3 M parameters)
 SAMPLE_BATCHES = (1, 8)  # sampling batch sizes
 SAMPLE_STEPS_TIMED = 5   # sampler steps timed per repetition
 SAMPLE_GUIDANCE = 2.0    # classifier-free guidance weight of the sampling rows (doubled batch)
@@ -278,10 +279,11 @@ def training_variants(args, device):
     return variants
 
 
-def training_parts(variant, B, device):
+def training_parts(variant, B, device, size="default"):
     amp, impl, compiled = variant
+    unet = UNetConfig(lyric_dim=LYRIC_DIM, **(DEMO_UNET if size == "demo" else {}))
     with mha_attention() if impl == "mha" else contextlib.nullcontext():
-        parts = build_parts(UNetConfig(lyric_dim=LYRIC_DIM), DiffusionConfig(),
+        parts = build_parts(unet, DiffusionConfig(),
                             TrainConfig(batch_size=B, amp=amp, lr=1e-4), unit_stats(), device,
                             total_steps=1000, net_wrapper=torch.compile if compiled else None)
     check_attention(parts.model, impl)
@@ -290,7 +292,7 @@ def training_parts(variant, B, device):
 
 def bench_training(args, device):
     """Median time of train.py's own step (lm2a.training.train_step: loss, backward, clipping, Adan,
-    EMA update, LR schedule) at the default model size, every variant (training_variants) of a batch
+    EMA update, LR schedule) at the default model size (or make demo's, --train_size demo), every variant (training_variants) of a batch
     size timed in the same rounds (interleaved); the first steps of a compiled variant (its compile
     time) are timed apart."""
     reps = 2 if args.quick else 3
@@ -300,7 +302,7 @@ def bench_training(args, device):
         batch = synthetic_batch(B)
         steps, first = {}, {}
         for variant in training_variants(args, device):
-            parts = training_parts(variant, B, device)
+            parts = training_parts(variant, B, device, args.train_size)
             n_params = sum(p.numel() for p in parts.model.parameters())
             counter = iter(range(10 ** 6))
             steps[variant] = (lambda parts=parts, counter=counter: train_step(parts, batch, next(counter)))
@@ -310,7 +312,7 @@ def bench_training(args, device):
         reset_peak_rss()
         timed = interleaved_median_times(steps, reps, warmup=1, sync=sync)
         for (amp, impl, compiled), (med, times) in timed.items():
-            rows.append({"batch": B, "amp": "fp32" if amp == "off" else amp,
+            rows.append({"batch": B, "size": args.train_size, "amp": "fp32" if amp == "off" else amp,
                          "attn": impl + ("+compile" if compiled else ""), "step_s": med, "samples_per_s": B / med,
                          "first_step_s": first[(amp, impl, compiled)], "peak_mem_mb": peak_rss_mb(),
                          "params": n_params, "times": times})
@@ -566,7 +568,8 @@ def table(res):
                   f"| per-item npz read + np.interp per dim (baseline) | {L['baseline_per_item_interp_batches_per_s']:.1f} | {L['baseline_items_per_s']:.0f} |",
                   f"| preload (one-off) | | {L['preload_items_per_s']:.0f} |", ""]
     if "training" in res:
-        lines += ["| training step (default size) | batch | amp | s/step | samples/s | first step s | peak mem MB |",
+        size = res["training"][0].get("size", "default") if res["training"] else "default"
+        lines += [f"| training step ({size} size) | batch | amp | s/step | samples/s | first step s | peak mem MB |",
                   "|---|---|---|---|---|---|---|"]
         for r in res["training"]:
             lines.append(f"| {r['attn']} | {r['batch']} | {r['amp']} | {r['step_s']:.3f} | {r['samples_per_s']:.2f} | "
@@ -653,6 +656,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile: the training step (sdpa, each precision) and sample.py's sampler")
+    p.add_argument("--train_size", default="default", choices=("default", "demo"),
+                   help="model size of the training rows: UNetConfig's defaults or make demo's")
     p.add_argument("--work_dir", default=None, help="where demo data and clips go (default: a temp dir)")
     args = p.parse_args(argv)
     device = pick_device(args.device)

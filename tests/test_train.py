@@ -350,3 +350,27 @@ def test_small_pieces():
     restore_rng_state(state)
     b = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_amp_auto_follows_the_measurement(monkeypatch):
+    """--amp auto on a CPU: bf16 only where the processor computes it natively AND the UNet is wide
+    enough for bf16 to win (AUTO_BF16_MIN_WIDTH, measured); CUDA keeps bf16 / fp16; explicit modes
+    are obeyed."""
+    from lm2a import device as D
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(D, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    assert D.amp_settings("auto", cpu, D.AUTO_BF16_MIN_WIDTH) == (torch.bfloat16, False)
+    assert D.amp_settings("auto", cpu, 32) == (None, False)           # make demo's width: fp32 is faster
+    assert D.amp_settings("auto", cpu) == (None, False)               # width unknown: fp32
+    monkeypatch.setattr(D, "cpu_flags", lambda: frozenset({"avx512f"}))
+    assert D.amp_settings("auto", cpu, 512) == (None, False)          # emulated bf16: never by default
+    assert D.amp_settings("bf16", cpu, 32) == (torch.bfloat16, False)  # asked for: given
+    assert D.amp_settings("off", cpu, 512) == (None, False)
+    with pytest.raises(ValueError, match="--amp fp16 needs CUDA"):
+        D.amp_settings("fp16", cpu)
+    parts = training.build_parts(UNetConfig(lyric_dim=8, base_dim=16, dim_mults=(1,), cond_dim=8, time_emb_dim=8,
+                                            num_res_blocks=1, num_mid_blocks=1, num_heads=1, motion_dim=6),
+                                 train.DiffusionConfig(timesteps=50), training.TrainConfig(amp="bf16"),
+                                 {"mel_mean": torch.zeros(80), "mel_std": torch.ones(80),
+                                  "motion_mean": torch.zeros(234), "motion_std": torch.ones(234)}, cpu, 10)
+    assert parts.amp_name == "bf16"
