@@ -365,11 +365,17 @@ def loop(run, loader, sampler, last_step, total_steps, stop, bar):
     """Steps until last_step, a stop reason or a signal -> (stop reason or None, last lr)."""
     parts, state, meter = run.parts, run.state, LossMeter()
     lr, stop_reason = parts.optimizer.param_groups[0]["lr"], None
+    compiling = run.settings.compile  # the first step compiles: its time is printed
     parts.model.train()
     while stop_reason is None and state.step < last_step:
         sampler.set_epoch(state.epoch, state.epoch_batch)
         for batch in loader:
+            t_step = time.perf_counter()
             result = train_step(parts, batch, state.step, stop=bool(stop))
+            if compiling:
+                tqdm.write(f"train.py: first step under torch.compile (the compile): "
+                           f"{time.perf_counter() - t_step:.1f} s")
+                compiling = False
             state.advance(sampler.batches_per_epoch)
             lr = result.lr
             bar.update(1)
