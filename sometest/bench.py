@@ -552,15 +552,20 @@ def bench_original(args, device, sampling_rows=None):
         "rows": rows}}
 
 # ---- report ----------------------------------------------------------------------------------------
+def markdown_table(header, rows):
+    """Lines of a Markdown table (and a blank line after it)."""
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(x) for x in row) + " |" for row in rows] + [""])
+
+
 def table(res):
     lines = []
     if "preprocess" in res:
-        lines += ["| preprocessing (demo data) | clips | s | clips/s | text enc. s | audio s | mel s | motion s |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in res["preprocess"]:
-            lines.append(f"| --workers {r['workers']} | {r['clips']} | {r['seconds']:.2f} | {r['clips_per_s']:.2f} | "
-                         f"{r['text_encoding_s']:.2f} | {r['audio_load_s']:.2f} | {r['mel_s']:.2f} | {r['motion_s']:.2f} |")
-        lines.append("")
+        lines += markdown_table(
+            ("preprocessing (demo data)", "clips", "s", "clips/s", "text enc. s", "audio s", "mel s", "motion s"),
+            [(f"--workers {r['workers']}", r["clips"], f"{r['seconds']:.2f}", f"{r['clips_per_s']:.2f}",
+              f"{r['text_encoding_s']:.2f}", f"{r['audio_load_s']:.2f}", f"{r['mel_s']:.2f}", f"{r['motion_s']:.2f}")
+             for r in res["preprocess"]])
     if "loading" in res:
         L = res["loading"]
         lines += ["| data loading (batch 16) | batches/s | items/s |", "|---|---|---|",
@@ -569,12 +574,10 @@ def table(res):
                   f"| preload (one-off) | | {L['preload_items_per_s']:.0f} |", ""]
     if "training" in res:
         size = res["training"][0].get("size", "default") if res["training"] else "default"
-        lines += [f"| training step ({size} size) | batch | amp | s/step | samples/s | first step s | peak mem MB |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in res["training"]:
-            lines.append(f"| {r['attn']} | {r['batch']} | {r['amp']} | {r['step_s']:.3f} | {r['samples_per_s']:.2f} | "
-                         f"{r.get('first_step_s', float('nan')):.1f} | {r['peak_mem_mb']:.0f} |")
-        lines.append("")
+        lines += markdown_table(
+            (f"training step ({size} size)", "batch", "amp", "s/step", "samples/s", "first step s", "peak mem MB"),
+            [(r["attn"], r["batch"], r["amp"], f"{r['step_s']:.3f}", f"{r['samples_per_s']:.2f}",
+              f"{r.get('first_step_s', float('nan')):.1f}", f"{r['peak_mem_mb']:.0f}") for r in res["training"]])
     if "sampling" in res:
         lines += ["| sampling, guidance 2 (doubled batch) | batch | amp | s/step | s/clip |", "|---|---|---|---|---|"]
         for r in res["sampling"]:
