@@ -342,13 +342,13 @@ def bench_sampling(args, device):
     return {"sampling": rows, "sampling_default": default_sampling(device)}
 
 
-def compiled_sampling_rows(diff, reps, sync, device):
+def compiled_sampling_rows(diff, reps, sync, device, batches=SAMPLE_BATCHES):
     """sample.py's default sampler with the UNet under torch.compile against the same UNet eager,
     interleaved, per precision and batch; the first run (the compile) timed apart."""
     sampler, total_steps = sample_script.SAMPLER, sample_script.STEPS
     compiled = GaussianDiffusion(torch.compile(diff.model)).to(device).eval()
     rows = []
-    for B in SAMPLE_BATCHES:
+    for B in batches:
         batch = synthetic_batch(B)
         for precision in ("fp32", "bf16"):
             runs = {"eager": our_sampling_run(diff, batch, sampler, precision),
@@ -653,7 +653,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--sections", default="pre,load,train,sample",
-                   help="comma list of pre,load,train,sample,original (original needs --original_repo)")
+                   help="comma list of pre,load,train,sample,sample_compile,original (original needs --original_repo)")
     p.add_argument("--original_repo", default=None,
                    help=f"checkout of github.com/{ORIGINAL_GITHUB}, for --sections original")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -696,6 +696,12 @@ def main(argv=None):
         res.update(bench_training(args, device))
     if "sample" in sections:
         res.update(bench_sampling(args, device))
+    elif "sample_compile" in sections:  # only sample.py's sampler, compiled against eager
+        reps = 2 if args.quick else 3
+        rows = compiled_sampling_rows(our_sampling_model(device), reps,
+                                      torch.cuda.synchronize if device.type == "cuda" else None, device,
+                                      SAMPLE_BATCHES[:1] if args.quick else SAMPLE_BATCHES)
+        res.update({"sampling": rows, "sampling_default": default_sampling(device)})
     if "original" in sections:
         res.update(bench_original(args, device, res.get("sampling")))
     res["ratios"] = ratios(res)
