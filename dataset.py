@@ -59,7 +59,7 @@ class MelDataset(Dataset):
         (lm2a.stats.feature_moments; std floored at STD_FLOOR so constant dimensions stay finite)
         -> float32 arrays and the frame count."""
         out = {}
-        for key in ("mel", "motion"):
-            out[f"{key}_mean"], out[f"{key}_std"], out["frames"] = feature_moments(
+        for key in ("mel", "motion"):  # mel and motion share the frame rate: one count
+            out[f"{key}_mean"], out[f"{key}_std"], frames = feature_moments(
                 (item[key] for item in self._items), std_floor=STD_FLOOR)
-        return out
+        return {**out, "frames": frames}

@@ -148,24 +148,23 @@ def build_parser():
 # ---------------------------------------------------------------------------------------------
 # settings: the constants above, the checkpoint's on --resume, and the flags over them
 
-def resolve_configs(args, ckpt, lyric_dim):
-    """(UNetConfig, DiffusionConfig): the checkpoint's on resume (a flag that contradicts it is an
-    error), else the flags over the constants above."""
-    if ckpt is None:
+def resolve_configs(args, resumed, lyric_dim):
+    """(UNetConfig, DiffusionConfig): the checkpoint's on resume (`resumed`: its TrainedModel; a flag
+    that contradicts it is an error), else the flags over the constants above."""
+    if resumed is None:
         model_base = UNetConfig(lyric_dim=lyric_dim, **constants_for(UNetConfig, globals()))
         diffusion_base = DiffusionConfig(**constants_for(DiffusionConfig, globals()))
     else:
-        model = trained_model(ckpt)
-        model_base, diffusion_base = model.model_config, model.diffusion_config
+        model_base, diffusion_base = resumed.model_config, resumed.diffusion_config
         for base in (model_base, diffusion_base):
             for name, have in vars(base).items():
                 given = getattr(args, name, None)
                 if given is not None and given != have:
-                    raise SystemExit(f"train.py: {ckpt['_path']} was trained with {name}={have}; "
+                    raise SystemExit(f"train.py: {resumed.path} was trained with {name}={have}; "
                                      f"--{name} {given} cannot change it on --resume")
     diffusion_cfg = config_from_args(DiffusionConfig, args, diffusion_base)
     model_cfg = config_from_args(UNetConfig, args, model_base)
-    if ckpt is None:  # the network's motion input follows the chosen motion features
+    if resumed is None:  # the network's motion input follows the chosen motion features
         model_cfg = replace(model_cfg, motion_dim=motion_feature_dim(diffusion_cfg.motion_features))
     return model_cfg, diffusion_cfg
 
@@ -198,17 +197,18 @@ def checkpoint_to_resume(args, log):
 # ---------------------------------------------------------------------------------------------
 # setup
 
-def load_data(run_cfg, ckpt, bars):
-    """(train set, val set or None, the clips' MelConfig); norm statistics of the TRAIN split only."""
+def load_data(run_cfg, resumed, bars):
+    """(train set, val set or None, the clips' MelConfig), checked against the resumed TrainedModel."""
     train_ds = MelDataset(run_cfg.npz_dir, progress=bars)
     val_ds = MelDataset(run_cfg.val_npz_dir, progress=bars) if run_cfg.val_npz_dir else None
-    mel_config = check_clip_configs(train_ds, val_ds, trained_model(ckpt) if ckpt else None)
+    mel_config = check_clip_configs(train_ds, val_ds, resumed)
     return train_ds, val_ds, mel_config
 
 
-def norm_stats_for(train_ds, ckpt):
-    if ckpt is not None:
-        return {k: v.float() for k, v in ckpt["norm_stats"].items()}
+def norm_stats_for(train_ds, resumed):
+    """The checkpoint's statistics on resume, else those of the TRAIN split only."""
+    if resumed is not None:
+        return resumed.norm_stats
     return {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in train_ds.stats().items()
             if k != "frames"}
 
@@ -267,17 +267,18 @@ def setup(args, rank, world, device, log):
     statistics), the run's parts and counters. -> (run, loader, sampler, total_steps)."""
     is_main = rank == 0
     ckpt = checkpoint_to_resume(args, log)
+    resumed = trained_model(ckpt) if ckpt is not None else None
     (train_cfg, changed), (run_cfg, run_changed) = (resolve_settings(cls, args, ckpt) for cls in SETTINGS)
     save_dir = prepare_save_dir(args.save_dir, args.resume, args.force, is_main)
     if world > 1:
         torch.distributed.barrier()
     random.seed(train_cfg.seed)
     np.random.seed(train_cfg.seed)
-    train_ds, val_ds, mel_config = load_data(run_cfg, ckpt, is_main and not args.no_progress)
-    model_cfg, diffusion_cfg = resolve_configs(args, ckpt, train_ds.lyric_dim)
+    train_ds, val_ds, mel_config = load_data(run_cfg, resumed, is_main and not args.no_progress)
+    model_cfg, diffusion_cfg = resolve_configs(args, resumed, train_ds.lyric_dim)
     sampler = EpochSampler(len(train_ds), train_cfg.batch_size, train_cfg.seed, rank, world)
     total_steps = run_cfg.total_steps(sampler.batches_per_epoch)
-    parts = build_parts(model_cfg, diffusion_cfg, train_cfg, norm_stats_for(train_ds, ckpt), device,
+    parts = build_parts(model_cfg, diffusion_cfg, train_cfg, norm_stats_for(train_ds, resumed), device,
                         total_steps, net_wrapper(run_cfg, world, device), rank, world)
     state = resume_state(ckpt, parts, sampler, changed, run_changed, world, log)
     meta = dict(mel_config=mel_config, text_encoder={"name": train_ds.text_encoder, "dim": train_ds.lyric_dim},

@@ -50,22 +50,17 @@ def norm_stats(ckpt: dict) -> dict:
     return {k: torch.as_tensor(ckpt["norm_stats"][k], dtype=torch.float32) for k in NORM_STAT_KEYS}
 
 
-def build_model(ckpt: dict, use_ema=True) -> UNet1D_ultimate:
-    """The UNet of a checkpoint dict (EMA weights by default) on CPU, eval mode."""
+def build_diffusion(ckpt: dict, use_ema=True, device="cpu", model: TrainedModel = None) -> GaussianDiffusion:
+    """GaussianDiffusion rebuilt from a checkpoint dict (lm2a.checkpoint.load_checkpoint): the UNet
+    from its config + (EMA) weights, the diffusion settings and normalisation statistics; eval mode.
+    `model`: the checkpoint's TrainedModel when the caller has it (else it is read here)."""
     if ckpt.get("model_class", "UNet1D_ultimate") != "UNet1D_ultimate":
         raise CheckpointError(f"{ckpt.get('_path', 'checkpoint')}: model_class "
                               f"{ckpt['model_class']!r} is not known to this code")
-    model = UNet1D_ultimate(config_from_checkpoint(UNetConfig, ckpt, "model_config"))
-    model.load_state_dict(ckpt["ema" if use_ema and ckpt.get("ema") is not None else "model"])
-    return model.eval()
-
-
-def build_diffusion(ckpt: dict, use_ema=True, device="cpu") -> GaussianDiffusion:
-    """GaussianDiffusion rebuilt from a checkpoint dict (lm2a.checkpoint.load_checkpoint): the model
-    from its config + (EMA) weights, the diffusion settings and normalisation statistics; eval mode."""
-    diffusion = GaussianDiffusion(build_model(ckpt, use_ema=use_ema),
-                                  config_from_checkpoint(DiffusionConfig, ckpt, "diffusion_config"),
-                                  **norm_stats(ckpt))
+    model = model or trained_model(ckpt, use_ema)
+    net = UNet1D_ultimate(model.model_config)
+    net.load_state_dict(ckpt["ema" if model.use_ema else "model"])
+    diffusion = GaussianDiffusion(net.eval(), model.diffusion_config, **model.norm_stats)
     return diffusion.to(device).eval()
 
 
@@ -88,7 +83,8 @@ def load_model(ckpt_path, device="cpu", use_ema=True):
     """Checkpoint file or folder (its newest) -> (GaussianDiffusion in eval mode on `device`,
     TrainedModel). use_ema=False, or a checkpoint without EMA weights, samples the raw weights."""
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-    return build_diffusion(ckpt, use_ema=use_ema, device=device), trained_model(ckpt, use_ema)
+    model = trained_model(ckpt, use_ema)
+    return build_diffusion(ckpt, device=device, model=model), model
 
 
 def _num_params(state_dict) -> int:

@@ -12,6 +12,7 @@ from lm2a.checkpoint import (CHECKPOINT_KIND, LEGACY_VALUES, CheckpointError, fi
 from lm2a.clipio import json_safe
 from lm2a.melconfig import load_mel_config
 from lm2a.trained import build_diffusion, describe_checkpoint, load_model
+from lm2a.training import RunState, TrainConfig, build_parts, training_checkpoint
 from models.diffusion import DiffusionConfig, GaussianDiffusion, SamplingConfig
 from models.motion_features import motion_feature_dim
 from models.unet1d_ultimate import UNet1D_ultimate, UNetConfig
@@ -184,7 +185,6 @@ def test_legacy_values_say_what_missing_keys_meant(tmp_path):
 def test_a_checkpoint_of_todays_code_loads_and_samples_the_same(tmp_path):
     """A checkpoint written by the training code (the fixture an old-checkpoint test keeps) loads
     through load_model into a model that samples exactly what the in-memory model samples."""
-    from lm2a.training import RunState, TrainConfig, build_parts, training_checkpoint
     stats = {k: v for k, v in tiny_checkpoint()["norm_stats"].items()}
     dcfg = DiffusionConfig(timesteps=50)  # today's defaults: v objective, beat motion features
     mcfg = UNetConfig(**dict(TINY, motion_dim=motion_feature_dim(dcfg.motion_features)))

@@ -9,15 +9,21 @@ import sys
 import time
 
 import pytest
+import soundfile as sf
 import torch
 
 import train
+from dataset import MelDataset
 from lm2a import REPO_ROOT, training
+from lm2a import device as D
 from lm2a.checkpoint import REQUIRED_KEYS, config_from_checkpoint, load_checkpoint, save_checkpoint
 from lm2a.clipio import json_safe
 from lm2a.data import collate_fn
+from lm2a.melconfig import load_mel_config
+from lm2a.monitor import warnings
 from lm2a.trained import build_diffusion, describe_checkpoint
 from lm2a.training import capture_rng_state, restore_rng_state
+from models.diffusion import condition_dropout_masks
 from models.unet1d_ultimate import UNetConfig
 from tests.fakeclips import write_fake_clips
 
@@ -86,7 +92,6 @@ def test_learns_and_writes_complete_checkpoints(clips, tmp_path):
     for r in sampled.values():
         assert float(r["sample_mse"]) > 0 and 0 <= float(r["sample_clip_share"]) <= 1
         assert 0 <= float(r["sample_beat_align"]) <= 1 and 0 <= float(r["sample_beat_align_shuffled"]) <= 1
-    import soundfile as sf
     for step in (15, 30):
         folder = save_dir / "samples" / f"step_{step:08d}"
         assert len(list(folder.glob("*.png"))) == 2
@@ -117,7 +122,6 @@ def test_learns_and_writes_complete_checkpoints(clips, tmp_path):
     assert len(differ) > 0.9 * len(weights)  # the EMA is its own set of weights
 
     # the stats are those of the TRAIN split
-    from dataset import MelDataset
     stats = MelDataset(clips / "train").stats()
     assert torch.allclose(raw["norm_stats"]["mel_mean"], torch.from_numpy(stats["mel_mean"]))
 
@@ -203,7 +207,6 @@ def test_resume_is_exact(clips, tmp_path, capsys):
 def test_nonfinite_step_is_skipped_and_counted(clips):
     """train_step on a batch whose loss is NaN makes no update (weights, EMA, optimizer state stay)
     but the LR schedule moves on; the next finite batch updates as usual."""
-    from dataset import MelDataset
     args = args_for(clips, "unused", "--batch_size", 2, "--lr", 1e-2)
     ds = MelDataset(clips / "train")
     stats = {k: torch.from_numpy(v) for k, v in ds.stats().items() if k != "frames"}
@@ -282,7 +285,6 @@ def test_ddp_two_processes_keep_identical_weights(clips, tmp_path):
 
 
 def test_refuses_clips_of_another_encoder_or_mel_config(clips, tmp_path, capsys):
-    from lm2a.melconfig import load_mel_config
     other = tmp_path / "other_encoder"
     write_fake_clips(other, n=2, mel_frames=MEL_FRAMES, lyric_dim=32, text_encoder="roberta-base")
     with pytest.raises(SystemExit, match="text encoder differs: 'roberta-base'"):
@@ -300,7 +302,6 @@ def test_refuses_clips_of_another_encoder_or_mel_config(clips, tmp_path, capsys)
 
 
 def test_warnings_in_words():
-    from lm2a.monitor import warnings
     healthy = {"cond_gap": 0.02, "sample_clip_share": 0.0, "sample_out_of_range": 0.002,
                "sample_beat_align": 0.9, "sample_beat_align_shuffled": 0.6}
     assert warnings([healthy]) == []
@@ -314,7 +315,6 @@ def test_warnings_in_words():
 
 
 def test_small_pieces():
-    from models.diffusion import condition_dropout_masks
     masks = condition_dropout_masks(200_000, 0.1, 0.1, 0.1,
                                           generator=torch.Generator().manual_seed(0))
     drop_motion, drop_lyrics = masks
@@ -356,7 +356,6 @@ def test_amp_auto_follows_the_measurement(monkeypatch):
     """--amp auto on a CPU: bf16 only where the processor computes it natively AND the UNet is wide
     enough for bf16 to win (AUTO_BF16_MIN_WIDTH, measured); CUDA keeps bf16 / fp16; explicit modes
     are obeyed."""
-    from lm2a import device as D
     cpu = torch.device("cpu")
     monkeypatch.setattr(D, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
     assert D.amp_settings("auto", cpu, D.AUTO_BF16_MIN_WIDTH) == (torch.bfloat16, False)
