@@ -27,9 +27,14 @@ Rows of per_clip.csv (`row` column), so that the numbers can be read:
 Set level: Fréchet distance between Gaussians of the real and generated mel frames; its floor is
 `real_split_half` (two halves of the real set against each other); a permutation of the real set
 (chance) has exactly the real statistics, so chance has no Fréchet distance.
+Music-likeness (lm2a/musicality.py), per clip in the model, uncond, chance and real rows, each of its
+own mel: harmonic_share (HPSS energy share), partials (energy share of spectral peaks held 8 frames
+or more) and chroma_concentration (pitch classes over 0.5 s); noise textures with onset stripes score
+low on all three. summary.json's music_likeness puts their means for real, model, uncond and chance
+beside the Fréchet distances, and the summary line and report.html show them beside the real row.
 
 Writes per_clip.csv, summary.json (mean/std/median of every metric per row, the rhythm scores as the
-papers summarise them, Fréchet distances, counts, settings, seeds), report.html (lm2a/report.py:
+papers summarise them, Fréchet distances, music-likeness, counts, settings, seeds), report.html (lm2a/report.py:
 tables, audio players, mels, cross-attention maps, settings), mel_pairs.png, metrics_bars.png and
 hist_metrics.png to --out_dir. The work is in lm2a/evaluation.py; this file is its command line.
 """
@@ -40,6 +45,7 @@ from pathlib import Path
 
 from lm2a.config import add_sampling_flags, config_from_args
 from lm2a.evaluation import EvalOptions, evaluate
+from lm2a.musicality import FIGURES as MUSIC_FIGURES
 from models.diffusion import SamplingConfig
 
 # ---- defaults (edit here or pass --flag) --------------------------------------------------------
@@ -106,9 +112,17 @@ def summary_line(summary, out_dir):
             f"{_fmt(mean('chance', 'onset_f1'))}; beat alignment model {_fmt(ba['model'])} / uncond "
             f"{_fmt(ba['uncond'])} / chance {_fmt(ba['chance'])} / shuffled {_fmt(ba['shuffled'])} / "
             f"real {_fmt(ba['real'])}; Fréchet model {_fmt(fd['model'], '.2f')} (real split-half "
-            f"{_fmt(fd['real_split_half'], '.2f')}){rhythm_line(summary)}; "
+            f"{_fmt(fd['real_split_half'], '.2f')}){music_line(summary)}{rhythm_line(summary)}; "
             f"{summary['seconds']['total']:.1f} s "
             f"-> {Path(out_dir) / summary['report']}")
+
+
+def music_line(summary):
+    """'; music-likeness (harmonic share / partials / chroma) real a / b / c, model ..., uncond ...'."""
+    table = summary.get("music_likeness") or {}
+    rows = ", ".join(f"{kind} " + " / ".join(_fmt(table[kind][k]) for k in MUSIC_FIGURES)
+                     for kind in ("real", "model", "uncond") if kind in table)
+    return f"; music-likeness (harmonic share / partials / chroma) {rows}" if rows else ""
 
 
 def rhythm_line(summary):

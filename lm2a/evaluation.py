@@ -6,6 +6,9 @@ of a split, with reference rows, written as per_clip.csv, summary.json, plots an
 Rows (per_clip.csv's `row` column; val.py's docstring says how to read them): model (generated vs
 real), uncond (guidance 0, no conditions), chance (another real clip), shuffled (the generation
 against another clip's audio and motion), real (the real audio against its own motion: the ceiling).
+The model, uncond, chance and real rows also hold the music-likeness figures (lm2a/musicality.py) of
+their own mel: the generated, unconditional, other real and real clip; summary.json's
+`music_likeness` sets their means side by side with the Fréchet distances.
 """
 import csv
 import io
@@ -25,6 +28,7 @@ from lm2a.device import pick_device, resolve_precision
 from lm2a.evalplots import plot_histograms, plot_mel_pairs, plot_metric_bars
 from lm2a.generate import (GEN_SUFFIX, RECORD_KEYS, check_settings, generate_for_items, load_clips, read_generated,
                            usable_items)
+from lm2a.musicality import FIGURES as MUSIC_FIGURES, music_figures
 from lm2a.rhythm import (METRIC_SOURCES, ONSET_PAD_MODE, PAPER_SR, RESOLUTION_NOTE, RHYTHM_KEYS, rhythm_scores,
                          summarize_rhythm)
 from lm2a.trained import load_model
@@ -32,7 +36,10 @@ from models.diffusion import SamplingConfig
 
 ROW_KINDS = ("model", "uncond", "chance", "shuffled", "real")
 METRICS = ("mse", "ssim", "cosine", "mean_error", "std_error", "snr_db", "lsd_db", "onset_precision",
-           "onset_recall", "onset_f1", "beat_align", "beat_align_shuffled", "beat_align_real") + RHYTHM_KEYS
+           "onset_recall", "onset_f1", "beat_align", "beat_align_shuffled", "beat_align_real") + RHYTHM_KEYS \
+    + MUSIC_FIGURES
+# the rows of summary.json's music_likeness table (real first: the target), and the Fréchet distance beside each
+MUSIC_ROWS = {"real": "real_split_half", "model": "model", "uncond": "uncond", "chance": "chance"}
 CSV_COLUMNS = ("name", "song", "start_s", "row", "paired_with") + METRICS
 # panels of metrics_bars.png and hist_metrics.png (the shuffled / real columns are rows there)
 PLOT_METRICS = tuple(m for m in METRICS if m not in ("beat_align_shuffled", "beat_align_real")
@@ -232,9 +239,11 @@ def generated_rows(opts, settings, items, device, notes):
 
 
 def evaluated_clips(items, gens, skipped):
-    """The real clips that have a generated mel: each its clip dict with its name and its mel_config
-    parsed (MelConfig). Raises ValueError naming the first reasons when none has."""
-    clips = [dict(it["clip"], name=it["name"], mel_config=it["mel_config"]) for it in items if it["name"] in gens]
+    """The real clips that have a generated mel: each its clip dict with its name, its mel_config
+    parsed (MelConfig) and `music`, the music-likeness figures of its mel. Raises ValueError naming
+    the first reasons when none has."""
+    clips = [dict(it["clip"], name=it["name"], mel_config=it["mel_config"],
+                  music=music_figures(it["clip"]["mel"], it["mel_config"])) for it in items if it["name"] in gens]
     if not clips:
         reasons = "; ".join(r for _, r in skipped[:3])
         raise ValueError(f"no clip to evaluate ({reasons})")
@@ -303,16 +312,18 @@ def clip_rows(clips, i, gens, uncond, pairs, references, sound):
         rows.append(row)
         return row
     model = add("model", c, gens[name], sound("generated", name), c["motion"])
+    model.update(music_figures(gens[name], c["mel_config"]))
     if not references:
         return rows
     if uncond is not None:
-        add("uncond", c, uncond[name], sound("uncond", name), c["motion"])
+        add("uncond", c, uncond[name], sound("uncond", name), c["motion"]).update(
+            music_figures(uncond[name], c["mel_config"]))
     if pairs is not None:
         other = clips[pairs[i]]
-        add("chance", c, other["mel"], sound("real", other["name"]), c["motion"], other["name"])
+        add("chance", c, other["mel"], sound("real", other["name"]), c["motion"], other["name"]).update(other["music"])
         shuffled = add("shuffled", other, gens[name], sound("generated", name), other["motion"], other["name"])
         model["beat_align_shuffled"], model["paired_with"] = shuffled["beat_align"], other["name"]
-    real = dict(base, row="real", paired_with="", **real_row(c, fps, sound("real", name)))
+    real = dict(base, row="real", paired_with="", **real_row(c, fps, sound("real", name)), **c["music"])
     model["beat_align_real"] = real["beat_align"]
     rows.append(real)
     return rows
@@ -402,6 +413,20 @@ def beat_table(summary_rows):
             "real": mean("model", "beat_align_real")}
 
 
+def music_table(summary_rows, clips, frechet):
+    """summary.json's music_likeness: {row: {figure: mean over clips, frechet: the row's Fréchet
+    distance}} for the MUSIC_ROWS there are; the real row comes from the clips themselves, so it is
+    there with --no_references too (its Fréchet distance is the real split-half floor; chance has none:
+    a permutation of the real clips, its figures' means are the real row's)."""
+    out = {"real": {k: float(np.mean([c["music"][k] for c in clips])) for k in MUSIC_FIGURES}}
+    for kind in MUSIC_ROWS:
+        if kind != "real" and kind in summary_rows:
+            out[kind] = {k: summary_rows[kind]["metrics"][k]["mean"] for k in MUSIC_FIGURES}
+    for kind, row in out.items():
+        row["frechet"] = frechet.get(MUSIC_ROWS[kind])
+    return out
+
+
 def make_summary(opts, gen, scores, clips, n_listed, skipped, audio, audio_settings, seed, device, notes):
     """summary.json's content, report and timings aside."""
     summary_rows = scores.summary_rows
@@ -420,6 +445,7 @@ def make_summary(opts, gen, scores, clips, n_listed, skipped, audio, audio_setti
         "rhythm_resolution_note": RESOLUTION_NOTE,
         "audio": audio_settings,
         "frechet": scores.frechet,
+        "music_likeness": music_table(summary_rows, clips, scores.frechet),
         "beat_alignment": beat_table(summary_rows),
         "skipped": [{"clip": n, "reason": r} for n, r in skipped],
         "notes": notes,

@@ -16,6 +16,15 @@ scale, and the wavs), returns the figures for train_log.csv:
     sample_band_level_err_train  the same for the training set's mean spectrum (the norm stats'
                              mel_mean): the error of a model that only knows the training songs.
                              On songs it has not seen, sample_band_level_err near this is the floor.
+    sample_harmonic_share    music-likeness of the generated mels (lm2a/musicality.py), mean over the
+    sample_partials          clips: HPSS harmonic energy share, energy share of spectral peaks held
+    sample_chroma_concentration  8 frames or more, pitch-class concentration over 0.5 s
+    sample_uncond_harmonic_share, sample_uncond_partials, sample_uncond_chroma_concentration
+                             the same for the unconditional samples
+    sample_real_harmonic_share, sample_real_partials, sample_real_chroma_concentration
+                             the same for the real clips (computed once; the same in every row): the
+                             target beside the samples' figures. Noise textures with onset stripes
+                             score well below it on all three.
 
 and the images and waveforms for TensorBoard. `warnings(history)` turns the figures of successive
 events into sentences (saturated samples, a conditioning gap that stays at or below zero).
@@ -29,12 +38,15 @@ import torch
 from lm2a import metrics as M
 from lm2a.audio import peak_limited, write_wav
 from lm2a.generate import generate_for_items
+from lm2a.musicality import FIGURES as MUSIC_FIGURES, mean_music_figures
 from lm2a.plots import mel_figure
 from lm2a.vocoder import vocode_mels
 
+MUSIC_SETS = ("", "uncond_", "real_")   # generated, unconditional and real clips: sample_<set><figure>
 SAMPLE_FIGURES = ("sample_mse", "sample_uncond_mse", "sample_onset_f1", "sample_beat_align",
                   "sample_beat_align_shuffled", "sample_clip_share", "sample_out_of_range",
-                  "sample_band_level_err", "sample_band_level_err_train")
+                  "sample_band_level_err", "sample_band_level_err_train") + \
+    tuple(f"sample_{s}{f}" for s in MUSIC_SETS for f in MUSIC_FIGURES)
 SATURATION_SHARE = 0.01   # warn when more than this share of values sits at the clip / outside range
 GAP_PATIENCE = 3          # warn when the conditioning gap is <= 0 this many validations in a row
 
@@ -48,6 +60,7 @@ class SampleMonitor:
         self.uncond_settings = replace(settings, guidance=0.0)
         self.vocoder, self.gl_iters = vocoder, gl_iters
         self.pairs = M.chance_pairs([it["clip"]["song"] for it in items], seed=0) if len(items) > 1 else None
+        self.real_music = mean_music_figures([it["clip"]["mel"] for it in items], mel_config)
 
     def run(self, diffusion, step):
         """Samples, writes the step folder -> (figures {name: float}, tb {images, audio})."""
@@ -103,7 +116,15 @@ class SampleMonitor:
         per["sample_band_level_err"] = [float(np.abs(gen_all.mean(axis=(0, 2)) - real_level).max())]
         train_mean = diffusion.mel_mean.detach().cpu().numpy()
         per["sample_band_level_err_train"] = [float(np.abs(train_mean - real_level).max())]
+        per.update(self.music(gen, unc))
         return {k: float(np.mean(v)) for k, v in per.items() if v}
+
+    def music(self, gen, unc):
+        """{sample_<set><figure>: [mean]} of the generated and unconditional mels, and the real clips'."""
+        means = {"": mean_music_figures([gen[it["name"]] for it in self.items], self.mel_config),
+                 "uncond_": mean_music_figures([unc[it["name"]] for it in self.items], self.mel_config),
+                 "real_": self.real_music}
+        return {f"sample_{s}{f}": [means[s][f]] for s in MUSIC_SETS for f in MUSIC_FIGURES}
 
 
 def warnings(history):

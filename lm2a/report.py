@@ -6,8 +6,10 @@
     OUT/audio/             the wav files the page plays (lm2a.evalaudio)
 
 The page: the summary tables with their reference rows and a sentence computed from the numbers
-saying how to read them; per clip its song, time, lyric line, audio players (real, generated,
-unconditional, the chance clip), mels and metrics; cross-attention maps; the settings.
+saying how to read them; the music-likeness figures (lm2a/musicality.py) of the real, generated and
+unconditional mels side by side with their Fréchet distances; per clip its song, time, lyric line,
+audio players (real, generated, unconditional, the chance clip), mels and metrics; cross-attention
+maps; the settings.
 
 Cross-attention maps. A CrossAttentionBlock attends from the mel frames (queries) to two key sets
 with two separate softmaxes: the motion frames (at the mel frame rate, positionally encoded) and
@@ -35,6 +37,7 @@ from lm2a.data import collate_fn
 from lm2a.plots import pyplot
 from lm2a.generate import clip_seed
 from lm2a.lyrics import MAX_TOKENS, resolve_encoder_path
+from lm2a.musicality import CHROMA_WINDOW_S, HPSS_KERNEL, PARTIAL_MIN_FRAMES
 from lm2a.plots import mel_figure
 from lm2a.rhythm import METRIC_SOURCES, RESOLUTION_NOTE, aist_motion_beats
 from models.cross_attention import CrossAttentionBlock
@@ -55,9 +58,13 @@ RHYTHM_COLUMNS = (("bcs_d2m_1s", "BCS 1 s"), ("bhs_d2m_1s", "BHS 1 s"), ("bcs_d2
                   ("f1_loris_1s", "F1 1 s *"), ("cover_loris_5hz", "cover 0.2 s"),
                   ("hit_loris_5hz", "hit 0.2 s"), ("f1_loris_5hz", "F1 0.2 s *"), ("bas_aist", "BAS"))
 RHYTHM_GROUPS = (("D2M-GAN", 4), ("LORIS", 6), ("AIST++", 1))
+MUSIC_COLUMNS = (("harmonic_share", "harmonic share"), ("partials", "partials"),
+                 ("chroma_concentration", "chroma concentration"))
+MUSIC_ROW_LABELS = {"real": "real audio (the target)", "model": "generated (model)",
+                    "uncond": "unconditional (guidance 0)"}
 CLIP_COLUMNS = (("mse", "MSE"), ("onset_f1", "onset F1"), ("beat_align", "beat align"),
                 ("bhs_d2m_1s", "BHS 1 s"), ("bhs_d2m_5hz", "BHS 0.2 s"), ("f1_loris_5hz", "F1 0.2 s"),
-                ("bas_aist", "BAS"))
+                ("bas_aist", "BAS")) + MUSIC_COLUMNS
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1240px;color:#222;padding:0 12px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ccc}h3{font-size:15px}
@@ -298,6 +305,33 @@ def spectral_table(summary):
     return "\n".join(lines)
 
 
+def music_table(summary):
+    """Music-likeness (lm2a/musicality.py) of the real, generated and unconditional mels side by side,
+    with the Fréchet distance of each set to the real one (for real: its split-half floor)."""
+    table = summary.get("music_likeness") or {}
+    if not table:
+        return "<p class=note>No music-likeness figures in summary.json.</p>"
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in MUSIC_COLUMNS)
+    lines = [f"<table><tr><th>mel</th>{head}<th>Fr&eacute;chet to real</th></tr>"]
+    for kind, label in MUSIC_ROW_LABELS.items():
+        if kind not in table:
+            continue
+        cells = "".join(f"<td>{_num(table[kind][k])}</td>" for k, _ in MUSIC_COLUMNS)
+        fd = table[kind].get("frechet")
+        fd_cell = _num(fd, ".2f") if fd is not None else "&ndash;"
+        lines.append(f"<tr class={kind}><td>{label}</td>{cells}<td>{fd_cell}"
+                     f"{' (split halves)' if kind == 'real' and fd is not None else ''}</td></tr>")
+    lines.append(f"</table><p class=note>Means over clips, each figure in [0, 1], higher = more like music: "
+                 f"harmonic share = energy share of the harmonic part (HPSS, {HPSS_KERNEL} x {HPSS_KERNEL} median "
+                 f"filters); partials = energy share of spectral peaks held {PARTIAL_MIN_FRAMES} frames or more; "
+                 f"chroma concentration = how much of the pitch-class energy sits on a few pitch classes over "
+                 f"{CHROMA_WINDOW_S:g} s. "
+                 "A noise texture with the real audio's loudness and onsets scores well below real audio on all "
+                 "three. The chance row is the real clips in another order: its means are the real row's. "
+                 "Definitions: <code>lm2a/musicality.py</code>.</p>")
+    return "\n".join(lines)
+
+
 def rhythm_table(summary):
     rhythm = summary.get("rhythm") or {}
     if not rhythm:
@@ -450,6 +484,8 @@ real and generated). Mean &plusmn; std over clips.</p>
 <p class=reading>{html.escape(reading_sentence(summary))}</p>
 <p class=note>{html.escape(RESOLUTION_NOTE)}</p>
 <details><summary>Where each rhythm score comes from</summary><ul>{sources}</ul></details>
+<h3>Music-likeness: real / generated / uncond</h3>
+{music_table(summary)}
 {f'<ul class=note>{notes}</ul>' if notes else ''}
 <h2>Clips</h2>
 {chr(10).join(clip_section(c, rows) for c in clips_info)}

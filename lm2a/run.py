@@ -18,6 +18,7 @@ from lm2a.checkpoint import prune_step_checkpoints, save_checkpoint, step_checkp
 from lm2a.device import pick_device, resolve_precision
 from lm2a.generate import load_clips
 from lm2a.monitor import SAMPLE_FIGURES, SampleMonitor, warnings
+from lm2a.musicality import FIGURES as MUSIC_FIGURES
 from lm2a.training import (LOG_COLUMNS, CsvLog, training_checkpoint, validation_loss, weights_checksum,
                            world_from_env)
 from lm2a.vocoder import load_bigvgan
@@ -165,6 +166,7 @@ class Run:
             self.tb.add_image(f"samples/{name}", image, step, dataformats="HWC")
         for name, wav in tb["audio"].items():
             self.tb.add_audio(f"samples/{name}", wav, step, sample_rate=tb["sr"])
+        tqdm.write(f"train.py: step {step} samples' music-likeness {music_line(figures)}")
         return figures
 
     def evaluate(self, with_samples):
@@ -210,6 +212,12 @@ def make_monitor(settings, parts, val_ds, meta, save_dir):
     vocoder = load_bigvgan(settings.vocoder, device=str(parts.device)) if settings.vocoder else None
     return SampleMonitor(items, sampling, save_dir / "samples", meta["mel_config"], vocoder,
                          settings.sample_gl_iters)
+
+
+def music_line(figures):
+    """'harmonic share 0.412 (uncond 0.398, real 0.702), partials ...' from the sample figures."""
+    return ", ".join(f"{f.replace('_', ' ')} {figures[f'sample_{f}']:.3f} (uncond {figures[f'sample_uncond_{f}']:.3f}, "
+                     f"real {figures[f'sample_real_{f}']:.3f})" for f in MUSIC_FIGURES)
 
 
 def fmt_loss(x):

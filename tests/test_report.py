@@ -119,6 +119,11 @@ def test_summary_table_holds_the_reference_rows_and_a_reading_sentence(run):
     quoted = f"BAS (AIST++) {bas['model']:.3f} ({bas['model'] - bas['shuffled']:+.3f} vs shuffled motion"
     assert quoted in text
     assert "ddim" in text and str(run["ckpt"].resolve()) in text and "step_00000003" in text  # settings
+    # music-likeness: real, generated and uncond side by side, with the Fréchet distances
+    music = summary["music_likeness"]
+    assert all(label in page.cells for label in REP.MUSIC_ROW_LABELS.values())
+    row = "".join(f"<td>{music['model'][k]:.3f}</td>" for k, _ in REP.MUSIC_COLUMNS)
+    assert f"<td>{REP.MUSIC_ROW_LABELS['model']}</td>{row}<td>{music['model']['frechet']:.2f}</td>" in text
     for name in ("fake lyric line", "fakesong5_0"):
         assert name in text
 

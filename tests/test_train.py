@@ -8,9 +8,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
 from dataset import MelDataset
@@ -21,6 +23,7 @@ from lm2a.clipio import json_safe
 from lm2a.data import collate_fn
 from lm2a.melconfig import load_mel_config
 from lm2a.monitor import warnings
+from lm2a.musicality import FIGURES as MUSIC_FIGURES, mean_music_figures
 from lm2a.trained import build_diffusion, describe_checkpoint
 from lm2a.training import capture_rng_state, restore_rng_state
 from models.diffusion import condition_dropout_masks
@@ -92,6 +95,19 @@ def test_learns_and_writes_complete_checkpoints(clips, tmp_path):
     for r in sampled.values():
         assert float(r["sample_mse"]) > 0 and 0 <= float(r["sample_clip_share"]) <= 1
         assert 0 <= float(r["sample_beat_align"]) <= 1 and 0 <= float(r["sample_beat_align_shuffled"]) <= 1
+    # music-likeness of the samples beside that of the real clips sampled (the first and last of 3
+    # val clips), the same in every sampled row; in TensorBoard too
+    sampled_mels = [np.load(p)["mel"] for p in sorted((clips / "val").glob("*.npz"))[::2]]
+    real = mean_music_figures(sampled_mels, load_mel_config())
+    for f in MUSIC_FIGURES:
+        for r in sampled.values():
+            assert float(r[f"sample_real_{f}"]) == pytest.approx(real[f], abs=2e-6)
+            assert 0 <= float(r[f"sample_{f}"]) <= 1 and 0 <= float(r[f"sample_uncond_{f}"]) <= 1
+    events = EventAccumulator(str(save_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"samples/harmonic_share", "samples/uncond_partials", "samples/real_chroma_concentration"} <= tags
+    assert [e.step for e in events.Scalars("samples/real_harmonic_share")] == [15, 30]
     for step in (15, 30):
         folder = save_dir / "samples" / f"step_{step:08d}"
         assert len(list(folder.glob("*.png"))) == 2
@@ -360,6 +376,7 @@ def test_amp_auto_follows_the_measurement(monkeypatch):
     monkeypatch.setattr(D, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
     assert D.amp_settings("auto", cpu, D.AUTO_BF16_MIN_WIDTH) == (torch.bfloat16, False)
     assert D.amp_settings("auto", cpu, 32) == (None, False)           # make demo's width: fp32 is faster
+    assert D.amp_settings("auto", cpu, 64) == (None, False)           # measured 0.93x: still fp32
     assert D.amp_settings("auto", cpu) == (None, False)               # width unknown: fp32
     monkeypatch.setattr(D, "cpu_flags", lambda: frozenset({"avx512f"}))
     assert D.amp_settings("auto", cpu, 512) == (None, False)          # emulated bf16: never by default

@@ -13,7 +13,9 @@ import val
 from lm2a.clipio import song_of_clip
 from lm2a.device import native_bf16
 from lm2a.lyrics import DEFAULT_TEXT_ENCODER
+from lm2a.melconfig import load_mel_config
 from lm2a.metrics import mse
+from lm2a.musicality import FIGURES as MUSIC_FIGURES, music_figures
 from lm2a.trained import load_model
 from tests.fakeclips import write_fake_clips
 from tests.test_sample import generate_for_files, make_checkpoint
@@ -45,6 +47,7 @@ def test_generates_and_writes_rows_summary_and_plots(clips, capsys):
     assert rc == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("val.py: evaluated 4 clips") and "beat alignment model" in line
+    assert "music-likeness (harmonic share / partials / chroma) real " in line and ", uncond " in line
 
     rows = read_rows(out / "per_clip.csv")
     assert len(rows) == 4 * 5
@@ -91,6 +94,7 @@ def test_generates_and_writes_rows_summary_and_plots(clips, capsys):
         summary["rows"]["shuffled"]["metrics"]["beat_align"]["mean"])
     for name in PLOTS:
         assert (out / name).stat().st_size > 1000
+    check_music_figures(out, rows, summary, clips["paths"])
 
     # the model and uncond rows are sample.py's generations with the same seed and batches
     diffusion, model = load_model(clips["ckpt"], "cpu")
@@ -120,6 +124,33 @@ def test_generates_and_writes_rows_summary_and_plots(clips, capsys):
     for r in again:
         for metric in ("mse", "ssim", "onset_f1", "beat_align") if r["row"] != "real" else ("beat_align",):
             assert float(r[metric]) == pytest.approx(float(first[key(r)][metric]), rel=1e-3, abs=1e-6)
+
+
+def check_music_figures(out, rows, summary, paths):
+    """Each row's music-likeness figures are those of its own mel (generated, unconditional, the
+    paired real clip, the real clip; none for shuffled), and summary.json's table holds their means
+    beside the Fréchet distances."""
+    cfg = load_mel_config()
+    real = {p.stem: np.load(p)["mel"] for p in paths}
+    mels = {"model": {n: np.load(out / "generated" / f"{n}_gen.npz")["mel"] for n in real},
+            "uncond": {n: np.load(out / "generated_uncond" / f"{n}_gen.npz")["mel"] for n in real}}
+    for r in rows:
+        if r["row"] == "shuffled":
+            assert all(r[f] == "" for f in MUSIC_FIGURES)
+            continue
+        mel = mels[r["row"]][r["name"]] if r["row"] in mels else real[r["paired_with"] or r["name"]]
+        expected = music_figures(mel, cfg)
+        for f in MUSIC_FIGURES:
+            assert float(r[f]) == pytest.approx(expected[f], rel=1e-4, abs=1e-6), (r["row"], f)
+    table = summary["music_likeness"]
+    assert set(table) == {"real", "model", "uncond", "chance"}
+    for kind in table:
+        for f in MUSIC_FIGURES:
+            kind_rows = [float(r[f]) for r in rows if r["row"] == kind]
+            assert table[kind][f] == pytest.approx(np.mean(kind_rows), rel=1e-4)
+    assert table["chance"]["harmonic_share"] == pytest.approx(table["real"]["harmonic_share"])
+    assert table["model"]["frechet"] == summary["frechet"]["model"]
+    assert table["real"]["frechet"] == summary["frechet"]["real_split_half"] and table["chance"]["frechet"] is None
 
 
 def test_gen_dir_equal_to_real_scores_perfectly(clips, tmp_path, capsys):
@@ -155,6 +186,10 @@ def test_gen_dir_equal_to_real_scores_perfectly(clips, tmp_path, capsys):
     assert rows_s["chance"]["metrics"]["onset_f1"]["mean"] < 1.0
     assert rows_s["model"]["metrics"]["snr_db"]["n_inf"] == 5
     assert summary["frechet"]["model"] == pytest.approx(0.0, abs=1e-6)
+    music = summary["music_likeness"]
+    assert set(music) == {"real", "model", "chance"}       # no uncond row without a checkpoint
+    for f in MUSIC_FIGURES:  # the generated files are the real mels: the same figures
+        assert music["model"][f] == pytest.approx(music["real"][f]) and 0 < music["real"][f] < 1
     assert summary["counts"] == {"clips_listed": 6, "clips_evaluated": 5, "clips_skipped": 1, "songs": 3,
                                  "rows": {"model": 5, "chance": 5, "shuffled": 5, "real": 5}}
     s = summary["settings"]  # as the generated files record them; what they do not say is None
@@ -168,6 +203,8 @@ def test_gen_dir_equal_to_real_scores_perfectly(clips, tmp_path, capsys):
                      "--no_references", "--max_samples", "3", "--quiet"] + FAST) == 0
     rows = read_rows(out2 / "per_clip.csv")
     assert [r["row"] for r in rows] == ["model"] * 3 and rows[0]["beat_align_shuffled"] == ""
+    music = json.loads((out2 / "summary.json").read_text())["music_likeness"]
+    assert set(music) == {"real", "model"} and music["real"]["frechet"] is not None  # the real row stays
 
 
 def test_bad_inputs_fail_with_a_message(tmp_path, capsys):
