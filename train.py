@@ -101,7 +101,7 @@ AUG_MIRROR = 0.5               # share of training clips with the dancer mirrore
 AUG_LYRIC_SWAP = 0.8           # share of training clips given another clip's lyric line
 AUG_GAIN = 0.3                 # std of a random log-mel level offset per training clip (ln units)
 AUG_EQ = 0.4                   # per-band std of a random smooth spectral curve per training clip (ln units)
-AMP = "auto"                   # auto: CUDA bf16 (fp16+GradScaler if no bf16), CPU with native bf16 from BASE_DIM 256 up (BENCHMARKS.md); on, off, bf16, fp16
+AMP = "auto"                   # auto: CUDA bf16 (fp16+GradScaler if no bf16), CPU with native bf16 from lm2a.device.AUTO_BF16_MIN_WIDTH up (BENCHMARKS.md); on, off, bf16, fp16
 SEED = 0                       # seeds model init, data order and per-step noise
 # ---- bookkeeping (RunConfig)
 MAX_NONFINITE = 20             # stop after this many non-finite losses in a row

@@ -65,7 +65,7 @@ class TrainConfig:
     aug_eq: float = hparam(0.4, "per-band std of a random smooth spectral tilt/curve added to a training "
                                 "clip's log-mel (ln units), so a song's timbre cannot be told from its dance")
     amp: str = hparam("auto", "auto: CUDA bf16 (fp16 + GradScaler without bf16); a CPU with native bf16 "
-                              "bf16 from base_dim 256 up, else off; --amp alone = on",
+                              "bf16 from lm2a.device.AUTO_BF16_MIN_WIDTH up, else off; --amp alone = on",
                       choices=("auto", "on", "off", "bf16", "fp16"),
                       flag_kwargs=dict(nargs="?", const="on"))
     seed: int = hparam(0, "seeds model init, data order and per-step noise")

@@ -27,6 +27,7 @@ is copied here):
 """
 import argparse
 import contextlib
+import copy
 import importlib
 import importlib.util
 import json
@@ -53,9 +54,10 @@ import preprocess  # noqa: E402
 import sample as sample_script  # noqa: E402
 from dataset import MelDataset  # noqa: E402
 from lm2a.data import collate_fn  # noqa: E402
-from lm2a.device import native_bf16, pick_device, resolve_precision  # noqa: E402
+from lm2a.device import amp_settings, native_bf16, pick_device, resolve_precision  # noqa: E402
 from lm2a.training import TrainConfig, build_parts, train_step  # noqa: E402
 from models import cross_attention  # noqa: E402
+from models.adan import KERNELS, Adan  # noqa: E402
 from models.cross_attention import SDPAAttention  # noqa: E402
 from models.diffusion import DiffusionConfig, GaussianDiffusion, SamplingConfig  # noqa: E402
 from models.layout import MOTION_DIM, NUM_MELS  # noqa: E402
@@ -77,7 +79,7 @@ DEMO_SONGS, DEMO_SECONDS = 5, 40.0  # the demo dataset (make demo)
 
 # section "original": the original study's code, imported from a checkout given by --original_repo
 ORIGINAL_GITHUB = "Bokway/LM2A-lyrics-and-motion-to-audio-with-diffusion-model"
-ORIGINAL_FILES = ("models/unet1d_ultimate.py", "models/embedding.py")
+ORIGINAL_FILES = ("models/unet1d_ultimate.py", "models/embedding.py", "models/diffusion.py", "models/adan.py")
 ORIGINAL_PACKAGE = "orig_lm2a_models"  # the name their models/ package is imported under
 # their sample.py's build_models(): UNet1D_ultimate(...) keyword arguments (attn_heads=8 there and in
 # their train.py; 4 is only the class's default) and CondProjection(motion_dim, text_dim, out_dim=cond_dim)
@@ -85,6 +87,10 @@ ORIGINAL_UNET = dict(in_dim=NUM_MELS, base_dim=256, dim_mults=(1, 2, 4), cond_di
                      num_res_blocks=2, mid_blocks=3, attn_heads=8)
 ORIGINAL_COND = dict(motion_dim=78 * 3, text_dim=768)  # lyrics: 768-d, resampled to every mel frame
 ORIGINAL_TIMESTEPS, ORIGINAL_BETAS = 1000, (1e-4, 0.02)  # their GaussianDiffusion: linear betas
+# their train.py's defaults for the loop body the training rows time (its --amp takes torch.cuda.amp,
+# which is off on a CPU: there their step is fp32)
+ORIGINAL_TRAIN = dict(lr=2e-4, weight_decay=1e-4, grad_clip=1.0, ema_decay=0.999, cond_drop_prob=0.2)
+ORIGINAL_TRAIN_BATCHES = (4,)  # three default-size models with optimizer and EMA live at once: ~12 GB
 OUR_UNET = {}  # UNetConfig overrides for our side of the comparison ({} = our default size)
 
 
@@ -253,8 +259,10 @@ def bench_loading(args, clips_dir):
                         "baseline_items_per_s": items / t_base, "batch_size": 16}}
 
 
-def synthetic_batch(B, T=T_MEL, seed=0):
-    """A collate_fn-layout batch (mel (B, T, 80), motion (B, T, 234)) of random clips on the CPU."""
+def synthetic_batch(B, T=None, seed=0):
+    """A collate_fn-layout batch (mel (B, T, 80), motion (B, T, 234); T defaults to T_MEL) of random
+    clips on the CPU."""
+    T = T_MEL if T is None else T
     g = torch.Generator().manual_seed(seed)
     lyr = torch.randn(B, LYRIC_TOKENS, LYRIC_DIM, generator=g)
     pad = torch.zeros(B, LYRIC_TOKENS, dtype=torch.bool)
@@ -268,56 +276,114 @@ def unit_stats():
             "motion_mean": torch.zeros(MOTION_DIM), "motion_std": torch.ones(MOTION_DIM)}
 
 
+BASELINE_VARIANT = ("off", "sdpa", "loop", False)  # the training step before issue 19
+
+
 def training_variants(args, device):
-    """(amp, attention kernel, compiled) of the training rows: fp32 and, where the device computes it
-    natively or on CUDA, bf16 autocast; the MHA baseline in fp32; with --compile, torch.compile'd
-    SDPA in each precision."""
-    amps = ("off", "bf16") if device.type == "cuda" or native_bf16(device) else ("off",)
-    variants = [(amp, "sdpa", False) for amp in amps] + [("off", "mha", False)]
+    """(amp, attention kernel, Adan kernel, compiled) of the training rows. The baseline is the step as
+    it was before issue 19: fp32, SDPA, Adan's per-tensor loop. Then fp32 with the fused Adan, and,
+    where the device computes it natively or on CUDA, bf16 autocast with each Adan kernel; with --mha
+    the nn.MultiheadAttention baseline (fp32, loop). With --compile only three: the baseline,
+    train.py's default here and the same compiled. Every variant holds its own model, EMA and optimizer
+    state (about 3.6 GB at the default size), so the lists stay short."""
+    default = default_training_variant(device, args.train_size)
     if args.compile:
-        variants += [(amp, "sdpa", True) for amp in amps]
+        return [BASELINE_VARIANT, default, default[:3] + (True,)]
+    amps = ("off", "bf16") if device.type == "cuda" or native_bf16(device) else ("off",)
+    variants = [(amp, "sdpa", adan, False) for amp in amps for adan in ("loop", "fused")]
+    if args.mha:
+        variants.append(("off", "mha", "loop", False))
     return variants
 
 
+def unet_overrides(size):
+    """UNetConfig overrides of a training size: "default" (none), "demo" (DEMO_UNET) or a dict."""
+    return dict(size) if isinstance(size, dict) else DEMO_UNET if size == "demo" else {}
+
+
 def training_parts(variant, B, device, size="default"):
-    amp, impl, compiled = variant
-    unet = UNetConfig(lyric_dim=LYRIC_DIM, **(DEMO_UNET if size == "demo" else {}))
+    """train.py's TrainParts for a variant (training_variants) at batch B."""
+    amp, impl, adan, compiled = variant
+    unet = UNetConfig(lyric_dim=LYRIC_DIM, **unet_overrides(size))
     with mha_attention() if impl == "mha" else contextlib.nullcontext():
         parts = build_parts(unet, DiffusionConfig(),
                             TrainConfig(batch_size=B, amp=amp, lr=1e-4), unit_stats(), device,
                             total_steps=1000, net_wrapper=torch.compile if compiled else None)
     check_attention(parts.model, impl)
+    for group in parts.optimizer.param_groups:  # Adan's kernel (models/adan.py): fused is its default
+        group["fused"], group["foreach"] = adan == "fused", False
     return parts
+
+
+def default_training_variant(device, size="default"):
+    """The variant train.py runs with its defaults here: --amp auto resolved for this device and width,
+    the fused Adan, no compile."""
+    width = UNetConfig(**unet_overrides(size)).base_dim
+    dtype, _ = amp_settings("auto", device, width)
+    return ("off" if dtype is None else {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype], "sdpa", "fused", False)
+
+
+def train_step_fns(variants, B, device, size="default"):
+    """({variant: fn() taking one train_step}, {variant: its first step's seconds (the compile when
+    compiled)}, {variant: parameter count}) on a synthetic batch of B clips."""
+    batch = synthetic_batch(B)
+    steps, first, n_params = {}, {}, {}
+    for variant in variants:
+        parts = training_parts(variant, B, device, size)
+        n_params[variant] = sum(p.numel() for p in parts.model.parameters())
+        counter = iter(range(10 ** 6))
+        steps[variant] = (lambda parts=parts, counter=counter: train_step(parts, batch, next(counter)))
+        t = time.perf_counter()
+        steps[variant]()  # warm-up; for a compiled variant this is the compile
+        first[variant] = time.perf_counter() - t
+    return steps, first, n_params
 
 
 def bench_training(args, device):
     """Median time of train.py's own step (lm2a.training.train_step: loss, backward, clipping, Adan,
-    EMA update, LR schedule) at the default model size (or make demo's, --train_size demo), every variant (training_variants) of a batch
-    size timed in the same rounds (interleaved); the first steps of a compiled variant (its compile
-    time) are timed apart."""
-    reps = 2 if args.quick else 3
+    EMA update, LR schedule) at the default model size (or make demo's, --train_size demo), every
+    variant (training_variants) of a batch size timed in the same rounds (interleaved); the first steps
+    of a compiled variant (its compile time) are timed apart."""
+    reps = getattr(args, "repeats", 0) or (2 if args.quick else 3)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     rows = []
     for B in (TRAIN_BATCHES[:1] if args.quick else TRAIN_BATCHES):
-        batch = synthetic_batch(B)
-        steps, first = {}, {}
-        for variant in training_variants(args, device):
-            parts = training_parts(variant, B, device, args.train_size)
-            n_params = sum(p.numel() for p in parts.model.parameters())
-            counter = iter(range(10 ** 6))
-            steps[variant] = (lambda parts=parts, counter=counter: train_step(parts, batch, next(counter)))
-            t = time.perf_counter()
-            steps[variant]()  # warm-up; for a compiled variant this is the compile
-            first[variant] = time.perf_counter() - t
+        steps, first, n_params = train_step_fns(training_variants(args, device), B, device, args.train_size)
         reset_peak_rss()
         timed = interleaved_median_times(steps, reps, warmup=1, sync=sync)
-        for (amp, impl, compiled), (med, times) in timed.items():
+        for variant, (med, times) in timed.items():
+            amp, impl, adan, compiled = variant
             rows.append({"batch": B, "size": args.train_size, "amp": "fp32" if amp == "off" else amp,
-                         "attn": impl + ("+compile" if compiled else ""), "step_s": med, "samples_per_s": B / med,
-                         "first_step_s": first[(amp, impl, compiled)], "peak_mem_mb": peak_rss_mb(),
-                         "params": n_params, "times": times})
+                         "attn": impl + ("+compile" if compiled else ""), "adan": adan, "step_s": med,
+                         "samples_per_s": B / med, "first_step_s": first[variant], "peak_mem_mb": peak_rss_mb(),
+                         "params": n_params[variant], "times": times,
+                         "default": variant == default_training_variant(device, args.train_size)})
         steps = None  # frees the models before the next batch size
     return {"training": rows}
+
+
+def bench_adan(args, device):
+    """Adan's step alone with each kernel (models.adan.KERNELS) over the parameters of the training size's
+    UNet with random gradients, interleaved; the first step (the state's allocation, and for fused
+    the compile) timed apart."""
+    reps = getattr(args, "repeats", 0) or (5 if args.quick else 11)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    torch.manual_seed(0)
+    model = UNet1D_ultimate(UNetConfig(lyric_dim=LYRIC_DIM, **unet_overrides(args.train_size))).to(device)
+    steps, first = {}, {}
+    for name, kwargs in KERNELS.items():
+        params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt = Adan(params, lr=1e-4, weight_decay=0.02, **kwargs)
+        t = time.perf_counter()
+        opt.step()
+        first[name] = time.perf_counter() - t
+        steps[name] = opt.step
+    timed = interleaved_median_times(steps, reps, warmup=1, sync=sync)
+    return {"adan": [{"kernel": name, "size": args.train_size, "params": sum(p.numel() for p in model.parameters()),
+                      "step_s": med, "first_step_s": first[name], "times": ts}
+                     for name, (med, ts) in timed.items()]}
 
 
 def bench_sampling(args, device):
@@ -406,8 +472,9 @@ def check_original_repo(repo_dir):
 
 
 def load_original_models(repo_dir):
-    """(UNet1D_ultimate, CondProjection) classes of the original study, imported at run time from the
-    checkout's models/ as package ORIGINAL_PACKAGE. Their relative imports resolve inside it; for the
+    """The original study's classes (a namespace: unet = UNet1D_ultimate, cond = CondProjection,
+    diffusion = GaussianDiffusion, adan = Adan), imported at run time from the checkout's models/ as
+    package ORIGINAL_PACKAGE. Their relative imports resolve inside it; for the
     import, their root leads sys.path and `models` (also our package's name) is their package, then
     sys.path and our `models` modules are put back, so `import models` stays ours."""
     root = check_original_repo(repo_dir)
@@ -432,14 +499,17 @@ def load_original_models(repo_dir):
     try:
         if spec is not None:
             spec.loader.exec_module(pkg)
-        unet_cls = importlib.import_module(ORIGINAL_PACKAGE + ".unet1d_ultimate").UNet1D_ultimate
-        cond_cls = importlib.import_module(ORIGINAL_PACKAGE + ".embedding").CondProjection
+        theirs = types.SimpleNamespace(
+            unet=importlib.import_module(ORIGINAL_PACKAGE + ".unet1d_ultimate").UNet1D_ultimate,
+            cond=importlib.import_module(ORIGINAL_PACKAGE + ".embedding").CondProjection,
+            diffusion=importlib.import_module(ORIGINAL_PACKAGE + ".diffusion").GaussianDiffusion,
+            adan=importlib.import_module(ORIGINAL_PACKAGE + ".adan").Adan)
     finally:
         sys.path.remove(str(root))
         for k in [k for k in sys.modules if is_models(k)]:
             del sys.modules[k]
         sys.modules.update(ours)
-    return unet_cls, cond_cls
+    return theirs
 
 
 def original_sampling_run(unet, motion_f, text_f, length, guidance=SAMPLE_GUIDANCE):
@@ -472,6 +542,68 @@ def original_sampling_run(unet, motion_f, text_f, length, guidance=SAMPLE_GUIDAN
     return run
 
 
+def original_training_step(original, B, device):
+    """fn() taking one step of the original train.py's loop body at their default settings
+    (ORIGINAL_TRAIN), fp32, on a synthetic batch of B clips: zero_grad; their CondProjection over motion
+    and per-frame lyrics; one Bernoulli mask dropping both conditions; their GaussianDiffusion.loss
+    (eps MSE); backward; clip_grad_norm_ over UNet + CondProjection; their Adan's step; their EMA
+    (a Python loop of mul_/add_ over the parameters of both modules)."""
+    torch.manual_seed(0)
+    unet = original.unet(**ORIGINAL_UNET).to(device).train()
+    cond_proj = original.cond(out_dim=ORIGINAL_UNET["cond_dim"], **ORIGINAL_COND).to(device)
+    diffusion = original.diffusion(unet, timesteps=ORIGINAL_TIMESTEPS, device=device, dataset_mean=0.0,
+                                   dataset_std=1.0)
+    params = list(unet.parameters()) + list(cond_proj.parameters())
+    optim = original.adan(params, lr=ORIGINAL_TRAIN["lr"], weight_decay=ORIGINAL_TRAIN["weight_decay"])
+    ema = [copy.deepcopy(m).requires_grad_(False) for m in (unet, cond_proj)]
+    g = torch.Generator().manual_seed(B)
+    mel = (torch.randn(B, T_MEL, NUM_MELS, generator=g) - 5).to(device)  # their loader's (B, T, 80)
+    motion = torch.randn(B, T_MEL, ORIGINAL_COND["motion_dim"], generator=g).to(device)
+    lyrics = torch.randn(B, T_MEL, ORIGINAL_COND["text_dim"], generator=g).to(device)
+    decay, p_drop = ORIGINAL_TRAIN["ema_decay"], ORIGINAL_TRAIN["cond_drop_prob"]
+
+    def step():
+        unet.train()
+        optim.zero_grad()
+        motion_f, text_f = cond_proj(motion, lyrics)
+        keep = (~(torch.rand(B, device=device) < p_drop).view(B, 1, 1)).float()
+        loss = diffusion.loss(mel.permute(0, 2, 1), motion_f * keep, text_f * keep)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, ORIGINAL_TRAIN["grad_clip"])
+        optim.step()
+        with torch.no_grad():
+            for ema_module, module in zip(ema, (unet, cond_proj)):
+                for ema_p, p in zip(ema_module.parameters(), module.parameters()):
+                    ema_p.data.mul_(decay).add_(p.data * (1.0 - decay))
+    return step, sum(p.numel() for p in params)
+
+
+def bench_original_training(args, device, original):
+    """Rows of their training step (original_training_step, fp32) against train_step with our defaults
+    in fp32 (the fused Adan, amp off) and as train.py runs here (default_training_variant), at our
+    default size (OUR_UNET overrides), interleaved."""
+    reps = getattr(args, "repeats", 0) or (2 if args.quick else REPEATS)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    ours_fp32, ours_default = ("off", "sdpa", "fused", False), default_training_variant(device, OUR_UNET)
+    rows = []
+    for B in ORIGINAL_TRAIN_BATCHES:
+        fns, _, n_ours = train_step_fns(list(dict.fromkeys([ours_fp32, ours_default])), B, device, OUR_UNET)
+        fns = {"ours_fp32": fns[ours_fp32], "ours_default": fns[ours_default]}
+        fns["original"], n_theirs = original_training_step(original, B, device)
+        timed = interleaved_median_times(fns, reps, warmup=1, sync=sync)
+        t = {name: med for name, (med, _) in timed.items()}
+        rows.append({"batch": B, "original_step_s": t["original"], "ours_fp32_step_s": t["ours_fp32"],
+                     "ours_default_step_s": t["ours_default"],
+                     "original_over_ours_fp32": t["original"] / t["ours_fp32"],
+                     "original_over_ours_default": t["original"] / t["ours_default"],
+                     "params_original": n_theirs, "params_ours": n_ours[ours_fp32],
+                     "times": {name: ts for name, (_, ts) in timed.items()}})
+        fns = None
+    amp = ours_default[0]
+    return {"rows": rows, "ours_default": {"amp": "fp32" if amp == "off" else amp, "adan": ours_default[2]},
+            "train_settings": ORIGINAL_TRAIN, "repeats": reps}
+
+
 def interleaved_median_times(fns, repeats, warmup=1, sync=None):
     """{name: fn} -> {name: (median s, times)}; every round runs each fn once in turn (ABAB...), so
     load that comes and goes on a shared machine falls on all of them alike."""
@@ -496,15 +628,15 @@ def bench_original(args, device, sampling_rows=None):
     update) against our guided DDPM step at our default size (OUR_UNET overrides), fp32, interleaved.
     Our default sampler's seconds per clip come from the sample section's row when it ran
     (`sampling_rows`), else from its step timed here in the same rounds."""
-    reps = 2 if args.quick else REPEATS
+    reps = getattr(args, "repeats", 0) or (2 if args.quick else REPEATS)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    unet_cls, cond_cls = load_original_models(args.original_repo)
+    original = load_original_models(args.original_repo)
     models_file = sys.modules["models"].__file__
     if Path(models_file).resolve().parent != REPO / "models":
         raise RuntimeError(f"bench: `models` resolves to {models_file} after importing the original code")
     torch.manual_seed(0)
-    theirs = unet_cls(**ORIGINAL_UNET).to(device).eval()
-    cond_proj = cond_cls(out_dim=ORIGINAL_UNET["cond_dim"], **ORIGINAL_COND).to(device).eval()
+    theirs = original.unet(**ORIGINAL_UNET).to(device).eval()
+    cond_proj = original.cond(out_dim=ORIGINAL_UNET["cond_dim"], **ORIGINAL_COND).to(device).eval()
     diff = our_sampling_model(device, **OUR_UNET)
     default = default_sampling(device)
     default_sampler, default_steps = default["sampler"].rsplit("-", 1)
@@ -541,12 +673,14 @@ def bench_original(args, device, sampling_rows=None):
         row["original_ddpm1000_over_our_default"] = row["original_ddpm1000_s_per_clip"] / default_per_clip
         row["times"] = {name: ts for name, (_, ts) in timed.items()}
         rows.append(row)
-    return {"original": {
+    params = {"params_original_unet": n_params(theirs), "params_original_cond_proj": n_params(cond_proj),
+              "params_original": n_params(theirs) + n_params(cond_proj), "params_ours": n_params(diff.model)}
+    theirs = cond_proj = diff = None  # frees the sampling models before the training rows
+    training = bench_original_training(args, device, original)
+    return {"original": {"training": training, **params,
         "repo": str(Path(args.original_repo).expanduser().resolve()), "github": ORIGINAL_GITHUB,
         "original_unet": {k: list(v) if isinstance(v, tuple) else v for k, v in ORIGINAL_UNET.items()},
         "original_cond": ORIGINAL_COND, "ours_unet": {**OUR_UNET},
-        "params_original_unet": n_params(theirs), "params_original_cond_proj": n_params(cond_proj),
-        "params_original": n_params(theirs) + n_params(cond_proj), "params_ours": n_params(diff.model),
         "guidance": SAMPLE_GUIDANCE, "amp": "fp32", "mel_frames": T_MEL, "steps_timed": SAMPLE_STEPS_TIMED,
         "repeats": reps, "our_default": {"sampler": default["sampler"], "amp": default["amp"]},
         "rows": rows}}
@@ -572,12 +706,23 @@ def table(res):
                   f"| MelDataset preloaded (this code) | {L['batches_per_s']:.1f} | {L['items_per_s']:.0f} |",
                   f"| per-item npz read + np.interp per dim (baseline) | {L['baseline_per_item_interp_batches_per_s']:.1f} | {L['baseline_items_per_s']:.0f} |",
                   f"| preload (one-off) | | {L['preload_items_per_s']:.0f} |", ""]
+    if "adan" in res:
+        loop = next(r["step_s"] for r in res["adan"] if r["kernel"] == "loop")
+        lines += markdown_table(
+            (f"Adan step ({res['adan'][0]['params'] / 1e6:.1f} M parameters)", "s/step", "vs loop", "first step s"),
+            [(r["kernel"], f"{r['step_s']:.4f}", f"{loop / r['step_s']:.2f}x", f"{r['first_step_s']:.2f}")
+             for r in res["adan"]])
     if "training" in res:
         size = res["training"][0].get("size", "default") if res["training"] else "default"
+        base = {r["batch"]: r["step_s"] for r in res["training"] if is_baseline_training_row(r)}
         lines += markdown_table(
-            (f"training step ({size} size)", "batch", "amp", "s/step", "samples/s", "first step s", "peak mem MB"),
-            [(r["attn"], r["batch"], r["amp"], f"{r['step_s']:.3f}", f"{r['samples_per_s']:.2f}",
-              f"{r.get('first_step_s', float('nan')):.1f}", f"{r['peak_mem_mb']:.0f}") for r in res["training"]])
+            (f"training step ({size} size)", "batch", "amp", "Adan", "s/step", "vs fp32 loop", "samples/s",
+             "first step s", "peak mem MB"),
+            [(r["attn"] + (" (train.py's default)" if r.get("default") else ""), r["batch"], r["amp"],
+              r.get("adan", "loop"), f"{r['step_s']:.3f}",
+              f"{base[r['batch']] / r['step_s']:.2f}x" if r["batch"] in base else "",
+              f"{r['samples_per_s']:.2f}", f"{r.get('first_step_s', float('nan')):.1f}", f"{r['peak_mem_mb']:.0f}")
+             for r in res["training"]])
     if "sampling" in res:
         lines += ["| sampling, guidance 2 (doubled batch) | batch | amp | s/step | s/clip |", "|---|---|---|---|---|"]
         for r in res["sampling"]:
@@ -611,19 +756,42 @@ def table(res):
                   "GaussianDiffusion.sample DDPM step; default sampler s/clip timed in: "
                   + ", ".join(sorted({r["ours_default_source"] for r in o["rows"]})),
                   f"interleaved, median of {o['repeats']} rounds of {o['steps_timed']} steps each", ""]
+        if o.get("training"):
+            tr, d = o["training"], o["training"]["ours_default"]
+            rows = []
+            for r in tr["rows"]:
+                rows += [("original (their train.py's loop body, fp32)", r["batch"], f"{r['original_step_s']:.3f}", "1"),
+                         ("ours fp32 (train_step, fused Adan)", r["batch"], f"{r['ours_fp32_step_s']:.3f}",
+                          f"{r['original_over_ours_fp32']:.2f}x"),
+                         (f"ours as train.py runs here ({d['amp']}, {d['adan']} Adan)", r["batch"],
+                          f"{r['ours_default_step_s']:.3f}", f"{r['original_over_ours_default']:.2f}x")]
+            lines += markdown_table(("training step, original study vs ours", "batch", "s/step", "their step / this"),
+                                    rows)
+            lines += [f"parameters: original {tr['rows'][0]['params_original']:,}, ours {tr['rows'][0]['params_ours']:,}; "
+                      f"their settings {tr['train_settings']}; interleaved, median of {tr['repeats']} rounds", ""]
     return "\n".join(lines)
+
+
+def is_baseline_training_row(r):
+    return (r["amp"], r["attn"], r.get("adan", "loop")) == ("fp32", "sdpa", "loop")
 
 
 def ratios(res):
     out = {}
-    if "training" in res:
-        for B in {r["batch"] for r in res["training"]}:
-            rows = {(r["amp"], r["attn"]): r for r in res["training"] if r["batch"] == B}
-            if {("fp32", "sdpa"), ("fp32", "mha")} <= set(rows):
-                out[f"train_mha_over_sdpa_b{B}_fp32"] = rows["fp32", "mha"]["step_s"] / rows["fp32", "sdpa"]["step_s"]
-            for (amp, attn), r in rows.items():  # how much faster than our plain fp32 step
-                if ("fp32", "sdpa") in rows and (amp, attn) != ("fp32", "sdpa") and attn != "mha":
-                    out[f"train_fp32_over_{amp}_{attn}_b{B}"] = rows["fp32", "sdpa"]["step_s"] / r["step_s"]
+    if "training" in res:  # how much faster than the step before issue 19 (fp32, SDPA, Adan's loop)
+        for B in sorted({r["batch"] for r in res["training"]}):
+            rows = [r for r in res["training"] if r["batch"] == B]
+            base = next((r for r in rows if is_baseline_training_row(r)), None)
+            for r in rows:
+                if base is None or r is base:
+                    continue
+                name = "mha" if r["attn"] == "mha" else f"{r['amp']}_{r['attn']}_{r.get('adan', 'loop')}"
+                out[f"train_baseline_over_{name}_b{B}"] = base["step_s"] / r["step_s"]
+                if r.get("default"):
+                    out[f"train_baseline_over_default_b{B}"] = base["step_s"] / r["step_s"]
+    if "adan" in res:
+        loop = next(r["step_s"] for r in res["adan"] if r["kernel"] == "loop")
+        out.update({f"adan_loop_over_{r['kernel']}": loop / r["step_s"] for r in res["adan"] if r["kernel"] != "loop"})
     if "sampling" in res:  # seconds per clip of DDPM-1000 fp32 over each row's, same batch, same run
         for r in res["sampling"]:
             base = next((b for b in res["sampling"] if b["batch"] == r["batch"] and b["amp"] == "fp32"
@@ -639,11 +807,14 @@ def ratios(res):
             out[f"original_step_over_ours_b{r['batch']}"] = r["original_step_s"] / r["ours_step_s"]
             out[f"original_ddpm1000_over_our_default_b{r['batch']}"] = \
                 r["original_ddpm1000_s_per_clip"] / r["ours_default_s_per_clip"]
+        for r in res["original"].get("training", {}).get("rows", ()):
+            out[f"original_train_over_ours_fp32_b{r['batch']}"] = r["original_step_s"] / r["ours_fp32_step_s"]
+            out[f"original_train_over_ours_default_b{r['batch']}"] = r["original_step_s"] / r["ours_default_step_s"]
     if "loading" in res and "training" in res:
-        fp32 = [r for r in res["training"] if r["amp"] == "fp32" and r["attn"] == "sdpa" and r["batch"] == 16] or \
-               [r for r in res["training"] if r["amp"] == "fp32" and r["attn"] == "sdpa"]
-        if fp32:
-            out["loader_batches_per_train_step"] = res["loading"]["batches_per_s"] * fp32[0]["step_s"]
+        default = [r for r in res["training"] if r.get("default") and r["batch"] == 16] or \
+                  [r for r in res["training"] if r.get("default")]
+        if default:  # batches the loader makes in the time of one default training step
+            out["loader_batches_per_train_step"] = res["loading"]["batches_per_s"] * default[0]["step_s"]
     return out
 
 
@@ -653,16 +824,25 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--sections", default="pre,load,train,sample",
-                   help="comma list of pre,load,train,sample,sample_compile,original (original needs --original_repo)")
+                   help="comma list of pre,load,adan,train,sample,sample_compile,original (original needs --original_repo)")
     p.add_argument("--original_repo", default=None,
                    help=f"checkout of github.com/{ORIGINAL_GITHUB}, for --sections original")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--compile", action="store_true",
-                   help="also time torch.compile: the training step (sdpa, each precision) and sample.py's sampler")
+                   help="also time torch.compile: train.py's default training step compiled against eager (with "
+                        "the baseline), and sample.py's sampler compiled")
+    p.add_argument("--mha", action="store_true",
+                   help="also time the training step with the nn.MultiheadAttention baseline (fp32)")
+    p.add_argument("--repeats", type=int, default=0,
+                   help="timed rounds of the training and original sections (0: 2 with --quick, else 3 / REPEATS)")
+    p.add_argument("--base_dim", type=int, default=0,
+                   help="training rows: this UNet width (base_dim) with the rest of --train_size's config")
     p.add_argument("--train_size", default="default", choices=("default", "demo"),
                    help="model size of the training rows: UNetConfig's defaults or make demo's")
     p.add_argument("--work_dir", default=None, help="where demo data and clips go (default: a temp dir)")
     args = p.parse_args(argv)
+    if args.base_dim:
+        args.train_size = dict(unet_overrides(args.train_size), base_dim=args.base_dim)
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -692,6 +872,8 @@ def main(argv=None):
             res.update(r)
     if "load" in sections:
         res.update(bench_loading(args, clips_dir))
+    if "adan" in sections:
+        res.update(bench_adan(args, device))
     if "train" in sections:
         res.update(bench_training(args, device))
     if "sample" in sections:

@@ -35,6 +35,7 @@ from lm2a import REPO_ROOT  # noqa: E402
 from lm2a.checkpoint import load_checkpoint  # noqa: E402
 from lm2a.device import amp_settings  # noqa: E402
 from lm2a.training import TrainConfig, build_parts, capture_rng_state, restore_rng_state, train_step  # noqa: E402
+from models.adan import Adan  # noqa: E402
 from models.diffusion import DiffusionConfig, GaussianDiffusion, SamplingConfig  # noqa: E402
 from models.layout import MOTION_DIM, NUM_MELS  # noqa: E402
 from models.unet1d_ultimate import UNet1D_ultimate, UNetConfig  # noqa: E402
@@ -311,6 +312,32 @@ def test_bf16_sampling_on_cuda_equals_fp32_within_the_cpu_tolerance():
     assert 0 < gap < SAMPLE_RMS_TOL  # > 0: autocast did run in bf16
     assert device_gap < SAMPLE_RMS_TOL
     assert seed_gap > 10 * SAMPLE_RMS_TOL  # the tolerance is small against what a sample varies by
+
+
+# ---- c2. the fused Adan (torch.compile -> Triton on CUDA) against the per-tensor loop ---------------
+
+@cuda_test
+def test_fused_adan_on_cuda_equals_the_loop():
+    """The default kernel compiles to Triton on a GPU: 50 steps equal the loop kernel's to the CPU
+    test's tolerance (tests/test_models_adan.py), parameters and state."""
+    g = torch.Generator().manual_seed(5)
+    start = [torch.randn(s, generator=g) for s in ((64, 32), (32,), (16, 8, 3), (1,))]
+    runs = {}
+    for name, kwargs in (("loop", dict(fused=False, foreach=False)), ("fused", dict(fused=True))):
+        params = [torch.nn.Parameter(p.clone().cuda()) for p in start]
+        opt = Adan(params, lr=1e-2, weight_decay=0.05, **kwargs)
+        for step in range(50):
+            gs = torch.Generator().manual_seed(100 + step)
+            for p in params:
+                p.grad = (torch.randn(p.shape, generator=gs) * (1 + step % 5)).cuda()
+            opt.step()
+        runs[name] = (params, opt)
+    (loop, loop_opt), (fused, fused_opt) = runs["loop"], runs["fused"]
+    for p, q in zip(fused, loop):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), (p - q).abs().max()
+        for key in ("exp_avg", "exp_avg_diff", "exp_avg_sq", "prev_grad"):
+            assert torch.allclose(fused_opt.state[p][key], loop_opt.state[q][key], rtol=1e-5, atol=1e-6), key
+    assert max((p.cpu() - s).abs().max().item() for p, s in zip(loop, start)) > 0.1  # they moved
 
 
 # ---- d. peak GPU memory of a default-size training step -----------------------------------------

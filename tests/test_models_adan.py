@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models import adan as adan_module
-from models.adan import Adan  # noqa: E402
+from models.adan import KERNELS, Adan
 
 
 def make_problem(seed=0):
@@ -61,9 +61,9 @@ def run_adan(params, grad_of, steps, **kwargs):
     return [p.detach() for p in params]
 
 
-@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_matches_reference(foreach, weight_decay):
+def test_matches_reference(kernel, weight_decay):
     inputs, targets, weight, bias = make_problem()
 
     def grad_of(params):
@@ -72,7 +72,7 @@ def test_matches_reference(foreach, weight_decay):
 
     kwargs = dict(lr=0.05, betas=(0.02, 0.08, 0.01), eps=1e-8, weight_decay=weight_decay)
     expected = reference_adan([weight, bias], grad_of, 20, **kwargs)
-    got = run_adan([weight, bias], grad_of, 20, foreach=foreach, **kwargs)
+    got = run_adan([weight, bias], grad_of, 20, **KERNELS[kernel], **kwargs)
     for e, g in zip(expected, got):
         assert torch.allclose(g, e, atol=1e-6, rtol=0), (g - e).abs().max()
     # the test is not vacuous: the parameters moved
@@ -96,8 +96,8 @@ def test_minimises_quadratic():
     assert torch.allclose(x.detach(), centre, atol=2e-2)
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-def test_state_dict_resume_is_bitwise(foreach):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_state_dict_resume_is_bitwise(kernel):
     torch.manual_seed(0)
 
     def make():
@@ -114,7 +114,7 @@ def test_state_dict_resume_is_bitwise(foreach):
             opt.step()
 
     def new_opt(model):
-        return Adan(model.parameters(), lr=0.01, weight_decay=0.02, foreach=foreach)
+        return Adan(model.parameters(), lr=0.01, weight_decay=0.02, **KERNELS[kernel])
 
     # uninterrupted: 10 + 10 steps
     model_a = make()
@@ -216,11 +216,12 @@ def assert_close(got, expected, rtol=1e-5, atol=1e-6):
         assert torch.allclose(g, e, rtol=rtol, atol=atol), ((g - e).abs() - rtol * e.abs()).max()
 
 
-def test_foreach_equals_loop_over_200_steps_with_restores():
+@pytest.mark.parametrize("kernel", ["foreach", "fused"])
+def test_kernel_equals_loop_over_200_steps_with_restores(kernel):
     steps, cut = 200, 97
     loop_params, vec_params = long_params(), long_params()
-    loop_opt = Adan(loop_params, foreach=False, **LONG_KWARGS)
-    vec_opt = Adan(vec_params, foreach=True, **LONG_KWARGS)
+    loop_opt = Adan(loop_params, **KERNELS["loop"], **LONG_KWARGS)
+    vec_opt = Adan(vec_params, **KERNELS[kernel], **LONG_KWARGS)
     run_steps(loop_opt, loop_params, 0, cut)
     run_steps(vec_opt, vec_params, 0, cut)
     saved_loop = (copy_params(loop_params), saved(loop_opt))
@@ -239,25 +240,26 @@ def test_foreach_equals_loop_over_200_steps_with_restores():
     assert max((p.detach() - s.detach()).abs().max().item() for p, s in zip(loop_params, start)) > 0.3
 
     # stop at `cut`, save, restore into a new optimizer, continue: bitwise what not stopping gives
-    for foreach, (params, state), uninterrupted in ((False, saved_loop, loop_params),
-                                                     (True, saved_vec, vec_params)):
+    for name, (params, state), uninterrupted in (("loop", saved_loop, loop_params),
+                                                  (kernel, saved_vec, vec_params)):
         params = copy_params(params)
-        opt = restored(dict(foreach=foreach, **LONG_KWARGS), params, state)
+        opt = restored(dict(**KERNELS[name], **LONG_KWARGS), params, state)
         run_steps(opt, params, cut, steps)
         for p, q in zip(params, uninterrupted):
-            assert torch.equal(p.detach(), q.detach()), foreach
+            assert torch.equal(p.detach(), q.detach()), name
 
     # a state saved by one kernel and continued by the other stays within the tolerance
-    for foreach, (params, state) in ((True, saved_loop), (False, saved_vec)):
+    for name, (params, state) in ((kernel, saved_loop), ("loop", saved_vec)):
         params = copy_params(params)
-        opt = restored(dict(foreach=foreach, **LONG_KWARGS), params, state)
+        opt = restored(dict(**KERNELS[name], **LONG_KWARGS), params, state)
         run_steps(opt, params, cut, steps)
         assert_close([p.detach() for p in params], [p.detach() for p in loop_params])
 
 
-def test_foreach_does_not_write_the_gradients():
+@pytest.mark.parametrize("kernel", ["foreach", "fused"])
+def test_kernel_does_not_write_the_gradients(kernel):
     params = long_params()
-    opt = Adan(params, foreach=True, **LONG_KWARGS)
+    opt = Adan(params, **KERNELS[kernel], **LONG_KWARGS)
     for step in range(3):
         grads = long_grads(step, params)
         for p, grad in zip(params, grads):
@@ -279,8 +281,45 @@ def test_foreach_none_keeps_the_loop_on_cpu(monkeypatch):
     called = []
     monkeypatch.setattr(adan_module, "_adan_single_tensor", lambda *a, **k: called.append("loop"))
     monkeypatch.setattr(adan_module, "_adan_foreach", lambda *a, **k: called.append("foreach"))
-    for foreach in (None, True, False):
+    monkeypatch.setattr(adan_module, "_adan_fused", lambda *a, **k: called.append("fused"))
+    for kwargs in (dict(fused=False), dict(fused=False, foreach=True), dict(fused=False, foreach=False), {}):
         params = [torch.nn.Parameter(torch.zeros(2))]
         params[0].grad = torch.ones(2)
-        Adan(params, foreach=foreach).step()
-    assert called == ["loop", "foreach", "loop"]
+        Adan(params, **kwargs).step()
+    assert called == ["loop", "foreach", "loop", "fused"]  # fused is the default
+
+
+def test_fused_falls_back_with_a_warning_where_compile_fails(monkeypatch):
+    """Where torch.compile cannot build the kernel (no C++ compiler, ...), Adan warns once and takes
+    the unfused kernels, with the same result."""
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    adan_module._fused_kernel.cache_clear()
+    try:
+        params, ref = long_params(), long_params()
+        with pytest.warns(UserWarning, match="fused kernel failed.*no working C"):
+            run_steps(Adan(params, **LONG_KWARGS), params, 0, 5)
+        run_steps(Adan(ref, **KERNELS["loop"], **LONG_KWARGS), ref, 0, 5)
+        for p, q in zip(params, ref):
+            assert torch.equal(p.detach(), q.detach())
+    finally:
+        adan_module._fused_kernel.cache_clear()
+
+
+def test_fused_takes_the_loop_for_a_non_contiguous_tensor():
+    base = [torch.nn.Parameter(torch.randn(8, 6, generator=torch.Generator().manual_seed(3)))]
+    strided = [torch.nn.Parameter(base[0].detach().t().contiguous().t())]  # same values, column-major
+    assert not strided[0].is_contiguous()
+    ref = copy_params(base)
+    for opt_params, kwargs in ((strided, KERNELS["fused"]), (ref, KERNELS["loop"])):
+        opt = Adan(opt_params, **kwargs, **LONG_KWARGS)
+        for step in range(4):
+            opt_params[0].grad = long_grads(step, opt_params)[0].t().contiguous().t() \
+                if opt_params is strided else long_grads(step, opt_params)[0]
+            opt.step()
+    assert torch.equal(strided[0].detach(), ref[0].detach())
+    assert not torch.equal(strided[0].detach(), base[0].detach())

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lm2a import device as D
+from lm2a.training import train_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -203,6 +204,53 @@ def test_bench_ratios_pick_sample_py_defaults_as_resolved_here(monkeypatch):
         assert f"DPM++-20 {amp} (precision 'auto')" in bench.table({"sampling": rows, "sampling_default": default})
 
 
+def test_bench_training_rows_against_the_step_before_issue_19(tmp_path, monkeypatch, capsys):
+    """The training section times the baseline (fp32, SDPA, Adan's loop), the fused Adan and bf16 in
+    one interleaved run, marks the variant train.py takes by default and puts every row over the baseline."""
+    bench = load_script("bench")
+    monkeypatch.setattr(D, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(bench, "DEMO_UNET", dict(base_dim=8, dim_mults=(1, 2), cond_dim=8, time_emb_dim=8,
+                                                 num_heads=2, num_res_blocks=1, num_mid_blocks=1))
+    monkeypatch.setattr(bench, "T_MEL", 24)
+    monkeypatch.setattr(bench, "TRAIN_BATCHES", (2,))
+    kernels = []
+    monkeypatch.setattr(bench, "train_step", lambda parts, batch, step: (
+        kernels.append(parts.optimizer.param_groups[0]["fused"]), train_step(parts, batch, step))[1])
+    out_json = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--sections", "train", "--train_size", "demo", "--mha", "--device", "cpu",
+                       "--threads", "1", "--json", str(out_json), "--work_dir", str(tmp_path / "w")]) == 0
+    res = json.loads(out_json.read_text())
+    rows = {(r["amp"], r["attn"], r["adan"]): r for r in res["training"]}
+    assert set(rows) == {("fp32", "sdpa", "loop"), ("fp32", "sdpa", "fused"), ("bf16", "sdpa", "loop"),
+                         ("bf16", "sdpa", "fused"), ("fp32", "mha", "loop")}
+    # base_dim 8 is under AUTO_BF16_MIN_WIDTH: train.py's default here is fp32 with the fused Adan
+    assert [k for k, r in rows.items() if r["default"]] == [("fp32", "sdpa", "fused")]
+    assert kernels.count(True) == kernels.count(False) * 2 // 3 > 0  # 2 fused variants, 3 loop ones
+    base = rows["fp32", "sdpa", "loop"]["step_s"]
+    assert res["ratios"]["train_baseline_over_default_b2"] == pytest.approx(base / rows["fp32", "sdpa", "fused"]["step_s"])
+    assert res["ratios"]["train_baseline_over_bf16_sdpa_loop_b2"] == pytest.approx(
+        base / rows["bf16", "sdpa", "loop"]["step_s"])
+    assert res["ratios"]["train_baseline_over_mha_b2"] == pytest.approx(base / rows["fp32", "mha", "loop"]["step_s"])
+    assert all(len(r["times"]) == 2 and r["step_s"] > 0 and r["params"] > 0 for r in rows.values())
+    assert "| sdpa (train.py's default) | 2 | fp32 | fused |" in capsys.readouterr().out
+
+
+def test_bench_adan_section_times_the_three_kernels(monkeypatch):
+    bench = load_script("bench")
+    monkeypatch.setattr(bench, "DEMO_UNET", dict(base_dim=8, dim_mults=(1, 2), cond_dim=8, time_emb_dim=8,
+                                                 num_heads=2, num_res_blocks=1, num_mid_blocks=1))
+    args = type("Args", (), {"quick": True, "repeats": 3, "train_size": "demo"})()
+    res = bench.bench_adan(args, torch.device("cpu"))
+    rows = {r["kernel"]: r for r in res["adan"]}
+    assert list(rows) == ["loop", "foreach", "fused"]
+    n = sum(p.numel() for p in bench.UNet1D_ultimate(bench.UNetConfig(lyric_dim=bench.LYRIC_DIM,
+                                                                      **bench.DEMO_UNET)).parameters())
+    assert all(len(r["times"]) == 3 and r["step_s"] > 0 and r["params"] == n for r in rows.values())
+    r = bench.ratios(res)
+    assert r["adan_loop_over_fused"] == pytest.approx(rows["loop"]["step_s"] / rows["fused"]["step_s"])
+    assert "| fused |" in bench.table(res) and "adan_loop_over_foreach" in r
+
+
 FAKE_ORIGINAL_EMBEDDING = '''import torch
 from torch import nn
 
@@ -254,11 +302,43 @@ class UNet1D_ultimate(nn.Module):
 '''
 
 
+FAKE_ORIGINAL_DIFFUSION = '''import torch
+
+
+class GaussianDiffusion:
+    def __init__(self, model, timesteps=1000, device="cuda", dataset_mean=0.0, dataset_std=1.0):
+        self.model, self.T = model, timesteps
+
+    def loss(self, x0, motion_f, text_f):
+        t = torch.randint(0, self.T, (x0.shape[0],))
+        noise = torch.randn_like(x0)
+        return torch.mean((noise - self.model(x0 + noise, t, motion_f, text_f)) ** 2)
+'''
+
+FAKE_ORIGINAL_ADAN = '''import torch
+from torch.optim import Optimizer
+
+
+class Adan(Optimizer):  # a plain SGD step: the bench only times it
+    def __init__(self, params, lr=1e-3, betas=(0.02, 0.08, 0.01), eps=1e-8, weight_decay=0):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])
+'''
+
+
 def fake_original_repo(root):
     (root / "models").mkdir(parents=True)
     (root / "models" / "__init__.py").write_text("")
     (root / "models" / "embedding.py").write_text(FAKE_ORIGINAL_EMBEDDING)
     (root / "models" / "unet1d_ultimate.py").write_text(FAKE_ORIGINAL_UNET)
+    (root / "models" / "diffusion.py").write_text(FAKE_ORIGINAL_DIFFUSION)
+    (root / "models" / "adan.py").write_text(FAKE_ORIGINAL_ADAN)
     return root
 
 
@@ -309,7 +389,20 @@ def test_bench_original_section_on_a_fake_checkout(tmp_path, monkeypatch, capsys
         assert res["ratios"][f"original_step_over_ours_b{B}"] == pytest.approx(r["original_step_over_ours"])
         assert res["ratios"][f"original_ddpm1000_over_our_default_b{B}"] == pytest.approx(
             r["original_ddpm1000_s_per_clip"] / r["ours_default_s_per_clip"])
+    # the training rows: their loop body against train_step in fp32 and as train.py runs here
+    tr = o["training"]
+    assert tr["ours_default"] == {"amp": "fp32", "adan": "fused"}  # base_dim 8: auto stays fp32 on a CPU
+    assert tr["train_settings"] == bench.ORIGINAL_TRAIN and [r["batch"] for r in tr["rows"]] == [4]
+    r = tr["rows"][0]
+    assert r["params_original"] == o["params_original"] and r["params_ours"] == o["params_ours"]
+    assert {k: len(v) for k, v in r["times"].items()} == {"ours_fp32": 2, "ours_default": 2, "original": 2}
+    for key in ("original_step_s", "ours_fp32_step_s", "ours_default_step_s"):
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    assert res["ratios"]["original_train_over_ours_fp32_b4"] == pytest.approx(r["original_step_s"] / r["ours_fp32_step_s"])
+    assert res["ratios"]["original_train_over_ours_default_b4"] == pytest.approx(r["original_over_ours_default"])
     printed = capsys.readouterr().out
+    assert "| original (their train.py's loop body, fp32) | 4 |" in printed
+    assert "| ours as train.py runs here (fp32, fused Adan) | 4 |" in printed
     assert "| original (their sample.py settings) | 2 |" in printed and "ours DPM++-20 bf16 s/clip" in printed
     assert "original_ddpm1000_over_our_default_b2:" in printed
 
