@@ -123,12 +123,24 @@ def test_tracks_last_eight_frames_move_one_band_and_never_branch():
 
 def test_peaks_need_a_rise_and_stay_within_the_floor_of_their_frame():
     mel = np.full((80, 1), -5.0)
-    mel[0, 0] = -4.0                                  # the lowest band, above its one neighbour: a peak
+    mel[0, 0] = -4.0                                  # the lowest band, above its one neighbour: an edge, no peak
+    mel[79, 0] = -4.5                                 # the highest band likewise
     mel[10, 0] = 0.0
     mel[60, 0] = 0.0 - (MU.PEAK_FLOOR_DB + 1) / (20 / math.log(10))   # 41 dB below the frame's top: no
     mel[61, 0] = mel[60, 0] - 0.1
     mel[59, 0] = mel[60, 0] - 0.1
-    assert list(np.flatnonzero(MU.spectral_peaks(mel)[:, 0])) == [0, 10]
+    assert list(np.flatnonzero(MU.spectral_peaks(mel)[:, 0])) == [10]
+
+
+def test_a_loud_lowest_band_over_noise_is_no_partial():
+    """A noise texture whose lowest band is its loudest all through (what an undertrained model made:
+    a third to a half of the energy in a sub-30 Hz rumble) is no music: its partials stay low."""
+    rng = np.random.default_rng(0)
+    mel = rng.normal(-6.0, 1.5, size=(80, 516)) - np.linspace(0, 4, 80)[:, None]
+    mel[0] = 2.0 + rng.normal(0, 0.1, 516)
+    power = np.exp(2 * mel)
+    assert power[0].sum() / power.sum() > 0.5
+    assert MU.partials(mel, CFG) < 0.05
 
 
 def test_values_no_waveform_can_make_are_cut_to_the_ceiling(pair):
