@@ -6,12 +6,19 @@ and the last validation's losses and training-time sample figures (RESULTS.md, i
 Columns: gap (val_loss_uncond - val_loss, x1000) at each validation after step 0, then at the last
 validation: val_loss, val_loss_uncond, motion only, lyrics only, and the last sample event's
 sample MSE / uncond MSE, beat alignment with the own / a shuffled motion, share of values outside
-the real range, max band level error. A run still going shows its latest rows.
+the real range, max band level error, and the samples' music-likeness (lm2a/musicality.py: harmonic
+share / partials / chroma concentration) with the real clips' in brackets. A run still going shows its
+latest rows.
 """
 import argparse
 import csv
 import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script
+
+from lm2a.musicality import FIGURES as MUSIC_FIGURES  # noqa: E402
 
 
 def read_rows(run_dir: Path):
@@ -40,6 +47,8 @@ def run_summary(rows):
         **{k: _f(last_s, k) for k in ("sample_mse", "sample_uncond_mse", "sample_beat_align",
                                        "sample_beat_align_shuffled", "sample_out_of_range",
                                        "sample_band_level_err", "sample_band_level_err_train")},
+        "music": [_f(last_s, f"sample_{f}") for f in MUSIC_FIGURES],
+        "music_real": [_f(last_s, f"sample_real_{f}") for f in MUSIC_FIGURES],
     }
 
 
@@ -47,10 +56,18 @@ def fmt(x, spec):
     return "" if x is None else format(x, spec)
 
 
+def music_cell(s):
+    if all(x is None for x in s.get("music", ())):
+        return ""
+    sample = " / ".join(fmt(x, ".2f") for x in s["music"])
+    return sample + (" (" + " / ".join(fmt(x, ".2f") for x in s["music_real"]) + ")"
+                     if any(x is not None for x in s["music_real"]) else "")
+
+
 def table(names, summaries):
     head = ("| run | steps | gap x1000 at each validation | val_loss | uncond | motion only | lyrics only "
             "| sample MSE / uncond | beat align own / shuffled | outside real range "
-            "| max band err (training mean's) |")
+            "| max band err (training mean's) | music: harmonic / partials / chroma (real clips') |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, s in zip(names, summaries):
         ref = "" if s["sample_band_level_err_train"] is None else f" ({s['sample_band_level_err_train']:.2f})"
@@ -61,7 +78,7 @@ def table(names, summaries):
             f"| {fmt(s['sample_mse'], '.2f')} / {fmt(s['sample_uncond_mse'], '.2f')} "
             f"| {fmt(s['sample_beat_align'], '.3f')} / {fmt(s['sample_beat_align_shuffled'], '.3f')} "
             f"| {fmt(None if s['sample_out_of_range'] is None else 100 * s['sample_out_of_range'], '.2f')} % "
-            f"| {fmt(s['sample_band_level_err'], '.2f')}{ref} |")
+            f"| {fmt(s['sample_band_level_err'], '.2f')}{ref} | {music_cell(s)} |")
     return "\n".join(lines)
 
 

@@ -159,11 +159,12 @@ def test_runs_table_rows_from_train_logs(tmp_path, capsys):
     (run / "train_log.csv").write_text(
         "epoch,step,train_loss,val_loss,val_loss_uncond,val_loss_motion_only,val_loss_lyrics_only,cond_gap,"
         "sample_mse,sample_uncond_mse,sample_beat_align,sample_beat_align_shuffled,sample_out_of_range,"
-        "sample_band_level_err,sample_band_level_err_train\n"
-        "0,0,,1.0,1.0,1.0,1.0,0.0,,,,,,,\n"
-        "1,250,0.9,0.90,0.912,0.905,0.911,0.012,5.0,4.0,0.95,0.90,0.002,3.1,2.9\n"
-        "2,400,0.8,,,,,,,,,,,,\n"
-        "3,500,0.8,0.80,0.797,0.79,0.81,-0.003,4.5,4.2,0.97,0.93,0.0125,2.5,2.9\n")
+        "sample_band_level_err,sample_band_level_err_train,sample_harmonic_share,sample_partials,"
+        "sample_chroma_concentration,sample_real_harmonic_share,sample_real_partials,sample_real_chroma_concentration\n"
+        "0,0,,1.0,1.0,1.0,1.0,0.0,,,,,,,,,,,,,\n"
+        "1,250,0.9,0.90,0.912,0.905,0.911,0.012,5.0,4.0,0.95,0.90,0.002,3.1,2.9,0.3,0.2,0.01,0.77,0.5,0.08\n"
+        "2,400,0.8,,,,,,,,,,,,,,,,,,\n"
+        "3,500,0.8,0.80,0.797,0.79,0.81,-0.003,4.5,4.2,0.97,0.93,0.0125,2.5,2.9,0.444,0.31,0.025,0.77,0.5,0.08\n")
     old = tmp_path / "old"  # a log from before the sample columns existed
     old.mkdir()
     (old / "train_log.csv").write_text("epoch,step,train_loss,val_loss,val_loss_uncond\n0,0,,1.0,1.0\n1,10,0.5,,\n")
@@ -171,8 +172,8 @@ def test_runs_table_rows_from_train_logs(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and lines[1].startswith("|---|")
     assert lines[2] == ("| A | 500 | +12 -3 | 0.8000 | 0.7970 | 0.7900 | 0.8100 | 4.50 / 4.20 | 0.970 / 0.930 "
-                        "| 1.25 % | 2.50 (2.90) |")
-    assert lines[3].startswith("| old | 10 |  | 1.0000 | 1.0000 |  |  |")
+                        "| 1.25 % | 2.50 (2.90) | 0.44 / 0.31 / 0.03 (0.77 / 0.50 / 0.08) |")
+    assert lines[3].startswith("| old | 10 |  | 1.0000 | 1.0000 |  |  |") and lines[3].endswith("|  |")
     with pytest.raises(SystemExit, match="train_log.csv not found"):
         runs_table.main([str(tmp_path / "missing")])
 
