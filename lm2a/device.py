@@ -50,10 +50,10 @@ def resolve_precision(settings, device):
     return replace(settings, precision="bf16" if native_bf16(device) else "fp32")
 
 
-# A CPU trains in bf16 under --amp auto from this UNet width (base_dim) up. Measured with the fused Adan
-# (BENCHMARKS.md "bf16 training on CPU"): bf16 over fp32 0.93x (slower) at 64 and 0.64x at 32 (make
-# demo's size), 1.25x at 128, 1.6x at 192 and 2x at 256 (the default size); curves inside the fp32
-# seed spread (RESULTS.md "bf16 against fp32").
+# A CPU trains in bf16 under --amp auto from this UNet width (base_dim) up. Measured speed of bf16 over
+# fp32, both with the fused Adan, batch 4 (BENCHMARKS.md "bf16 training on CPU"): 0.64x (slower) at 32
+# (make demo's size), 0.89x at 64, 1.07x at 96, 1.20x at 128, 1.55x at 192, 1.83x at 256 (the default
+# size); curves inside the fp32 seed spread (RESULTS.md "bf16 against fp32").
 AUTO_BF16_MIN_WIDTH = 128
 
 

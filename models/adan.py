@@ -199,8 +199,8 @@ def _fused_kernel():
 def _adan_fused(params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads, steps,
                 *, lr, betas, eps, weight_decay):
     """One compiled pass per tensor (_adan_update over flattened views); a tensor that is not
-    contiguous takes the loop. Measured 3x faster than the loop at the default size on CPU
-    (BENCHMARKS.md, "Adan step: fused")."""
+    contiguous takes the loop. Measured 2.9x faster than the loop at the default size on CPU, 1.1x at
+    make demo's (BENCHMARKS.md, "Training at the hardware's speed")."""
     kernel = _fused_kernel()
     b1, b2, b3 = betas
     rows = {}
