@@ -28,6 +28,7 @@ is copied here):
 import argparse
 import contextlib
 import copy
+import gc
 import importlib
 import importlib.util
 import json
@@ -598,7 +599,8 @@ def bench_original_training(args, device, original):
                      "original_over_ours_default": t["original"] / t["ours_default"],
                      "params_original": n_theirs, "params_ours": n_ours[ours_fp32],
                      "times": {name: ts for name, (_, ts) in timed.items()}})
-        fns = None
+        fns = timed = None
+        gc.collect()
     amp = ours_default[0]
     return {"rows": rows, "ours_default": {"amp": "fp32" if amp == "off" else amp, "adan": ours_default[2]},
             "train_settings": ORIGINAL_TRAIN, "repeats": reps}
@@ -675,7 +677,8 @@ def bench_original(args, device, sampling_rows=None):
         rows.append(row)
     params = {"params_original_unet": n_params(theirs), "params_original_cond_proj": n_params(cond_proj),
               "params_original": n_params(theirs) + n_params(cond_proj), "params_ours": n_params(diff.model)}
-    theirs = cond_proj = diff = None  # frees the sampling models before the training rows
+    theirs = cond_proj = diff = fns = timed = None  # frees the sampling models (the closures hold them too)
+    gc.collect()  # before the training rows, which hold three models with optimizer state
     training = bench_original_training(args, device, original)
     return {"original": {"training": training, **params,
         "repo": str(Path(args.original_repo).expanduser().resolve()), "github": ORIGINAL_GITHUB,
