@@ -37,7 +37,7 @@ from lm2a.data import collate_fn
 from lm2a.plots import pyplot
 from lm2a.generate import clip_seed
 from lm2a.lyrics import MAX_TOKENS, resolve_encoder_path
-from lm2a.musicality import CHROMA_WINDOW_S, HPSS_KERNEL, PARTIAL_MIN_FRAMES
+from lm2a.musicality import CHROMA_WINDOW_S, FIGURES as MUSIC_FIGURES, HPSS_KERNEL, PARTIAL_MIN_FRAMES
 from lm2a.plots import mel_figure
 from lm2a.rhythm import METRIC_SOURCES, RESOLUTION_NOTE, aist_motion_beats
 from models.cross_attention import CrossAttentionBlock
@@ -58,8 +58,7 @@ RHYTHM_COLUMNS = (("bcs_d2m_1s", "BCS 1 s"), ("bhs_d2m_1s", "BHS 1 s"), ("bcs_d2
                   ("f1_loris_1s", "F1 1 s *"), ("cover_loris_5hz", "cover 0.2 s"),
                   ("hit_loris_5hz", "hit 0.2 s"), ("f1_loris_5hz", "F1 0.2 s *"), ("bas_aist", "BAS"))
 RHYTHM_GROUPS = (("D2M-GAN", 4), ("LORIS", 6), ("AIST++", 1))
-MUSIC_COLUMNS = (("harmonic_share", "harmonic share"), ("partials", "partials"),
-                 ("chroma_concentration", "chroma concentration"))
+MUSIC_COLUMNS = tuple((f, f.replace("_", " ")) for f in MUSIC_FIGURES)  # lm2a/musicality.py's, in its order
 MUSIC_ROW_LABELS = {"real": "real audio (the target)", "model": "generated (model)",
                     "uncond": "unconditional (guidance 0)"}
 CLIP_COLUMNS = (("mse", "MSE"), ("onset_f1", "onset F1"), ("beat_align", "beat align"),
