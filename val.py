@@ -26,7 +26,11 @@ Rows of per_clip.csv (`row` column), so that the numbers can be read:
             against itself are 1 by construction): the ceiling
 Set level: Fréchet distance between Gaussians of the real and generated mel frames; its floor is
 `real_split_half` (two halves of the real set against each other); a permutation of the real set
-(chance) has exactly the real statistics, so chance has no Fréchet distance.
+(chance) has exactly the real statistics, so chance has no Fréchet distance. On songs the model has not
+seen its other reference is `real_other_songs`: the real clips of other songs (--other_songs_dir, by
+default the split's train folder beside --npz_dir, its clips of the evaluated songs left out) against
+the real set, the distance of music like the training songs' that cannot know these songs (RESULTS.md,
+issue 20: 140 on 4 held-out songs whose split halves score 8).
 Music-likeness (lm2a/musicality.py), per clip in the model, uncond, chance and real rows, each of its
 own mel: harmonic_share (HPSS energy share), partials (energy share of spectral peaks held 8 frames
 or more) and chroma_concentration (pitch classes over 0.5 s); noise textures with onset stripes score
@@ -66,6 +70,7 @@ GL_ITERS = 64                  # Griffin-Lim iterations
 REPORT_CLIPS = 8               # clips shown (and playable) in report.html
 ATTENTION_CLIPS = 2            # clips with cross-attention maps in report.html
 ATTENTION_LAYER = ""           # cross-attention block to draw ("" = lm2a.report.default_attention_layer)
+OTHER_SONGS_DIR = "auto"       # real clips of other songs, the Fréchet reference ("auto" = the train folder beside --npz_dir, "" = none)
 
 
 def build_parser():
@@ -76,6 +81,9 @@ def build_parser():
     p.add_argument("--npz_dir", default=NPZ_DIR, help="real clips (a split folder)")
     p.add_argument("--out_dir", default=OUT_DIR)
     p.add_argument("--max_samples", type=int, default=MAX_SAMPLES, help="first N clips (0 = all)")
+    p.add_argument("--other_songs_dir", default=OTHER_SONGS_DIR,
+                   help='real clips of other songs: their Fréchet distance to the real set is the reference of a model '
+                        'that cannot know the evaluated songs ("auto" = the train folder beside --npz_dir, "" = none)')
     p.add_argument("--gen_dir", default=GEN_DIR, help="read <name>_gen.npz from here instead of generating")
     p.add_argument("--no_references", action="store_true",
                    help="model row only (no uncond / chance / shuffled / real rows)")
@@ -112,9 +120,14 @@ def summary_line(summary, out_dir):
             f"{_fmt(mean('chance', 'onset_f1'))}; beat alignment model {_fmt(ba['model'])} / uncond "
             f"{_fmt(ba['uncond'])} / chance {_fmt(ba['chance'])} / shuffled {_fmt(ba['shuffled'])} / "
             f"real {_fmt(ba['real'])}; Fréchet model {_fmt(fd['model'], '.2f')} (real split-half "
-            f"{_fmt(fd['real_split_half'], '.2f')}){music_line(summary)}{rhythm_line(summary)}; "
+            f"{_fmt(fd['real_split_half'], '.2f')}{other_songs_part(fd)}){music_line(summary)}{rhythm_line(summary)}; "
             f"{summary['seconds']['total']:.1f} s "
             f"-> {Path(out_dir) / summary['report']}")
+
+
+def other_songs_part(frechet):
+    value = frechet.get("real_other_songs")
+    return "" if value is None else f", real clips of other songs {_fmt(value, '.2f')}"
 
 
 def music_line(summary):
@@ -146,7 +159,7 @@ def options_from_args(args):
                        audio_metrics=not args.no_audio_metrics, vocoder=args.vocoder, gl_iters=args.gl_iters,
                        report_clips=args.report_clips, attention_clips=args.attention_clips,
                        attention_layer=args.attention_layer, plot_clips=args.plot_clips, use_ema=not args.no_ema,
-                       device=args.device, progress=not args.quiet)
+                       device=args.device, progress=not args.quiet, other_songs_dir=args.other_songs_dir)
 
 
 def main(argv=None):

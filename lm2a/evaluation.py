@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lm2a import evalaudio, report
 from lm2a import metrics as M
 from lm2a.checkpoint import CheckpointError
-from lm2a.clipio import json_safe, list_clip_files, write_text_atomic
+from lm2a.clipio import ClipFileError, json_safe, list_clip_files, load_clip, write_text_atomic
 from lm2a.device import pick_device, resolve_precision
 from lm2a.evalplots import plot_histograms, plot_mel_pairs, plot_metric_bars
 from lm2a.generate import (GEN_SUFFIX, RECORD_KEYS, check_settings, generate_for_items, load_clips, read_generated,
@@ -69,6 +69,8 @@ class EvalOptions:
     use_ema: bool
     device: str             # auto, cpu, cuda
     progress: bool = True   # tqdm bars
+    other_songs_dir: str = ""  # real clips of other songs: their Fréchet distance to the real set
+                               # ("auto" = the train folder beside npz_dir, "" = none)
 
 
 @dataclass
@@ -357,13 +359,41 @@ def pair_clips(clips, seed, references, notes):
     return pairs
 
 
-def frechet_distances(clips, gens, uncond, seed):
-    """{model, uncond, chance, real_split_half}: Fréchet distance of each generated set to the real
-    set; real_split_half compares two random halves of the real set (the floor at this size)."""
+def other_songs_folder(opts):
+    """The folder of opts.other_songs_dir: "auto" -> the `train` folder beside opts.npz_dir where
+    there is one (None otherwise), "" -> None."""
+    if opts.other_songs_dir != "auto":
+        return Path(opts.other_songs_dir) if opts.other_songs_dir else None
+    here = Path(opts.npz_dir).resolve()
+    train = here.parent / "train"
+    return train if train.is_dir() and train != here else None
+
+
+def other_songs_mels(folder, songs, progress=False):
+    """Real mels (80, T) of the clips in `folder` whose song is not in `songs` -> (mels, their songs).
+    Unreadable files are left out (the folder is a reference, not the evaluated set)."""
+    mels, found = [], set()
+    for path in tqdm(list_clip_files(folder), desc="other songs", unit="clip", disable=not progress, leave=False):
+        try:
+            clip = load_clip(path, keys=("mel", "song"))
+        except (ClipFileError, OSError, ValueError):
+            continue
+        if clip["song"] not in songs:
+            mels.append(np.asarray(clip["mel"], dtype=np.float32))
+            found.add(clip["song"])
+    return mels, sorted(found)
+
+
+def frechet_distances(clips, gens, uncond, seed, other=None):
+    """{model, uncond, chance, real_split_half, real_other_songs}: Fréchet distance of each generated
+    set to the real set; real_split_half compares two random halves of the real set (the floor at this
+    size), real_other_songs the real clips of other songs (`other`, a list of mels) with the real set:
+    what a model that makes music like its training songs' but cannot know these songs would score."""
     real = [c["mel"] for c in clips]
     out = {"model": M.frechet_distance(real, [gens[c["name"]] for c in clips]),
            "uncond": M.frechet_distance(real, [uncond[c["name"]] for c in clips]) if uncond else None,
-           "chance": None, "real_split_half": None}
+           "chance": None, "real_split_half": None,
+           "real_other_songs": M.frechet_distance(real, other) if other else None}
     if len(clips) >= 2:
         order = np.random.default_rng(seed).permutation(len(clips))
         half = len(clips) // 2
@@ -372,12 +402,12 @@ def frechet_distances(clips, gens, uncond, seed):
     return out
 
 
-def score_clips(clips, gen, audio, seed, references, progress, notes):
+def score_clips(clips, gen, audio, seed, references, progress, notes, other=None):
     """Every row of every clip, their summary and the Fréchet distances -> Scores. audio: the
-    waveforms' analysis (waveforms) or None."""
+    waveforms' analysis (waveforms) or None; other: real mels of other songs or None."""
     pairs = pair_clips(clips, seed, references, notes)
     rows = compute_rows(clips, gen.model, gen.uncond, pairs, references, progress, audio)
-    return Scores(pairs, rows, summarize_rows(rows), frechet_distances(clips, gen.model, gen.uncond, seed))
+    return Scores(pairs, rows, summarize_rows(rows), frechet_distances(clips, gen.model, gen.uncond, seed, other))
 
 
 # ---- aggregation ------------------------------------------------------------------------------
@@ -516,10 +546,14 @@ def evaluate(opts, settings):
     t_audio = time.perf_counter()
     wav_paths, audio, audio_settings = waveforms(opts, clips, gen, device, notes)
     t_metrics = time.perf_counter()
-    scores = score_clips(clips, gen, audio, seed, opts.references, opts.progress, notes)
+    other_dir = other_songs_folder(opts)
+    other, other_songs = other_songs_mels(other_dir, {c["song"] for c in clips}, opts.progress) if other_dir else ([], [])
+    scores = score_clips(clips, gen, audio, seed, opts.references, opts.progress, notes, other)
     t_outputs = time.perf_counter()
     write_tables_and_plots(out_dir, scores, clips, gen, opts.plot_clips)
     summary = make_summary(opts, gen, scores, clips, len(paths), skipped, audio, audio_settings, seed, device, notes)
+    summary["counts"]["other_songs"] = {"dir": str(other_dir) if other_dir else None, "clips": len(other),
+                                        "songs": len(other_songs)}
     summary["report"] = write_report_files(opts, summary, scores, clips, items, gen, wav_paths, seed).name
     summary["seconds"] = {"total": round(time.perf_counter() - t_start, 3),
                           "generation": round(t_audio - t_gen, 3),

@@ -318,8 +318,12 @@ def music_table(summary):
         cells = "".join(f"<td>{_num(table[kind][k])}</td>" for k, _ in MUSIC_COLUMNS)
         fd = table[kind].get("frechet")
         fd_cell = _num(fd, ".2f") if fd is not None else "&ndash;"
-        lines.append(f"<tr class={kind}><td>{label}</td>{cells}<td>{fd_cell}"
-                     f"{' (split halves)' if kind == 'real' and fd is not None else ''}</td></tr>")
+        if kind == "real" and fd is not None:
+            fd_cell += " (split halves)"
+        other = summary.get("frechet", {}).get("real_other_songs")
+        if kind == "real" and other is not None:
+            fd_cell += f"; {_num(other, '.2f')} (real clips of other songs)"
+        lines.append(f"<tr class={kind}><td>{label}</td>{cells}<td>{fd_cell}</td></tr>")
     lines.append(f"</table><p class=note>Means over clips, each figure in [0, 1], higher = more like music: "
                  f"harmonic share = energy share of the harmonic part (HPSS, {HPSS_KERNEL} x {HPSS_KERNEL} median "
                  f"filters); partials = energy share of spectral peaks held {PARTIAL_MIN_FRAMES} frames or more; "

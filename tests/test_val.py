@@ -4,6 +4,7 @@ These runs skip the vocoder (--no_audio_metrics); tests/test_report.py runs it a
 report.html and the waveform metrics."""
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from lm2a.clipio import song_of_clip
 from lm2a.device import native_bf16
 from lm2a.lyrics import DEFAULT_TEXT_ENCODER
 from lm2a.melconfig import load_mel_config
-from lm2a.metrics import mse
+from lm2a.metrics import frechet_distance, mse
 from lm2a.musicality import FIGURES as MUSIC_FIGURES, music_figures
 from lm2a.trained import load_model
 from tests.fakeclips import write_fake_clips
@@ -191,7 +192,8 @@ def test_gen_dir_equal_to_real_scores_perfectly(clips, tmp_path, capsys):
     for f in MUSIC_FIGURES:  # the generated files are the real mels: the same figures
         assert music["model"][f] == pytest.approx(music["real"][f]) and 0 < music["real"][f] < 1
     assert summary["counts"] == {"clips_listed": 6, "clips_evaluated": 5, "clips_skipped": 1, "songs": 3,
-                                 "rows": {"model": 5, "chance": 5, "shuffled": 5, "real": 5}}
+                                 "rows": {"model": 5, "chance": 5, "shuffled": 5, "real": 5},
+                                 "other_songs": {"dir": None, "clips": 0, "songs": 0}}  # no train folder beside
     s = summary["settings"]  # as the generated files record them; what they do not say is None
     assert (s["sampler"], s["steps"], s["seed"], s["guidance"], s["uncond"]) == ("ddpm", 17, 3, None, None)
     for name in PLOTS:
@@ -221,3 +223,31 @@ def test_unknown_attention_layer_fails_before_the_vocoder(clips, capsys):
                    "--no_references", "--quiet"])
     assert rc == 2
     assert "up.9.attn" in capsys.readouterr().err and not (out / "audio").exists()
+
+
+def test_real_clips_of_other_songs_are_the_frechet_reference_on_held_out_songs(clips, capsys):
+    """--other_songs_dir auto takes the train folder beside --npz_dir, leaves out its clips of the
+    evaluated songs, and puts the Fréchet distance of the rest to the real set in summary.json, the
+    summary line and the report; "" turns it off."""
+    split = clips["root"] / "split"
+    shutil.copytree(clips["dir"], split / "test")
+    other = write_fake_clips(split / "train", n=6, mel_frames=64, n_songs=3, seed=11, text_encoder=DEFAULT_TEXT_ENCODER)
+    shutil.copy(clips["paths"][0], split / "train")  # a clip of an evaluated song: left out
+    out = clips["root"] / "val_other"
+    args = ["--ckpt", str(clips["ckpt"]), "--npz_dir", str(split / "test"), "--sampler", "ddim", "--steps", "2",
+            "--quiet", "--no_references"] + FAST
+    assert val.main(args + ["--out_dir", str(out)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads((out / "summary.json").read_text())
+    real = [np.load(p)["mel"] for p in clips["paths"]]
+    want = frechet_distance(real, [np.load(p)["mel"] for p in other])
+    assert summary["frechet"]["real_other_songs"] == pytest.approx(want, rel=1e-9)
+    assert want > 2 * summary["frechet"]["real_split_half"]  # other songs sound unlike these
+    assert summary["counts"]["other_songs"] == {"dir": str((split / "train").resolve()), "clips": 6, "songs": 3}
+    assert f"real clips of other songs {want:.2f}" in line
+    assert f"{want:.2f} (real clips of other songs)" in (out / "report.html").read_text()
+
+    assert val.main(args + ["--out_dir", str(out), "--other_songs_dir", ""]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frechet"]["real_other_songs"] is None and summary["counts"]["other_songs"]["clips"] == 0
+    assert "other songs" not in capsys.readouterr().out
