@@ -77,6 +77,7 @@ NUM_RES_BLOCKS = 2             # residual blocks per UNet level
 NUM_MID_BLOCKS = 3             # blocks in the middle of the UNet
 NUM_HEADS = 8                  # attention heads
 DROPOUT = 0.1                  # dropout inside the UNet
+STEM_CHANNELS = 16             # channels of the 2D band plane over (band, frame) beside the 1D UNet (0 = none; RESULTS.md, issue 20)
 # ---- diffusion (models/diffusion.py DiffusionConfig)
 TIMESTEPS = 1000               # diffusion steps T
 BETA_SCHEDULE = "linear"       # "linear" or "cosine"

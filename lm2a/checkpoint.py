@@ -166,6 +166,7 @@ def to_cpu(obj):
 # better recipe is measured: they never stand in for a missing key. A key missing from a section
 # and from this table is an error (the file is not what this code knows how to read).
 LEGACY_VALUES = {
+    "model_config": {"stem_channels": 0},              # before the 2D band plane (issue 20)
     "diffusion_config": {"objective": "eps",           # before the v objective (fa5f920)
                          "motion_features": "raw"},    # before the rhythm/beat views (dcb8f69)
     "train_args": {"aug_mirror": 0.0, "aug_lyric_swap": 0.0, "aug_gain": 0.0,  # before augmentation

@@ -7,6 +7,9 @@ Layout (channels = base_dim * mult per level, one resolution per level):
   up level i: num_res_blocks + 1 ResBlocks on [h | skip], cross-attention after the first one,
               nearest interpolation + conv (not level 0; no transposed conv, no checkerboard)
   [GroupNorm-SiLU(h) | noisy input x], conv to mel_dim (zero-init).
+With stem_channels > 0 a band plane (BandPlane) runs 2D convolutions over (band, frame) at the mel's
+full resolution beside the 1D path: its stem's features join the init conv, and its head turns the
+last 1D features back into a plane, joins them with the stem's and adds a 2D conv's output.
 Any input length works: the input is padded to a multiple of 2^(levels - 1) and cropped back.
 """
 import math
@@ -22,7 +25,7 @@ from .hparams import hparam
 from .layout import NUM_MELS
 from .motion_features import DEFAULT_MOTION_FEATURES, motion_feature_dim
 
-__all__ = ["UNet1D_ultimate", "UNetConfig", "ResBlock", "norm_groups"]
+__all__ = ["UNet1D_ultimate", "UNetConfig", "BandPlane", "ResBlock", "norm_groups"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class UNetConfig:
     num_mid_blocks: int = hparam(3, "blocks in the middle of the UNet")
     num_heads: int = hparam(8, "attention heads")
     dropout: float = hparam(0.1, "dropout inside the UNet")
+    stem_channels: int = hparam(16, "channels of the 2D band plane over (band, frame) at the mel's full "
+                                   "resolution, beside the 1D UNet (0 = none; BandPlane)")
 
     def __post_init__(self):  # normalise types (a checkpoint stores dim_mults as a list)
         object.__setattr__(self, "dim_mults", tuple(int(m) for m in self.dim_mults))
@@ -55,21 +60,25 @@ def norm_groups(channels, max_groups=32):
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv, FiLM by the timestep (scale, shift), GroupNorm-SiLU-dropout-conv, + skip."""
+    """GroupNorm-SiLU-conv, FiLM by the timestep (scale, shift), GroupNorm-SiLU-dropout-conv, + skip.
+    dims=1: over frames (B, C, T); dims=2: over (band, frame) planes (B, C, bands, T)."""
 
-    def __init__(self, in_ch, out_ch, time_emb_dim, dropout=0.0):
+    def __init__(self, in_ch, out_ch, time_emb_dim, dropout=0.0, dims=1):
         super().__init__()
+        conv = {1: nn.Conv1d, 2: nn.Conv2d}[dims]
+        self.dims = dims
         self.norm1 = nn.GroupNorm(norm_groups(in_ch), in_ch)
-        self.conv1 = nn.Conv1d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = conv(in_ch, out_ch, 3, padding=1)
         self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(time_emb_dim, 2 * out_ch))
         self.norm2 = nn.GroupNorm(norm_groups(out_ch), out_ch)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv1d(out_ch, out_ch, 3, padding=1)
-        self.skip = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.conv2 = conv(out_ch, out_ch, 3, padding=1)
+        self.skip = conv(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x, t_emb):
-        h = self.conv1(F.silu(self.norm1(x)))  # (B, out_ch, T)
-        scale, shift = self.time_proj(t_emb)[:, :, None].chunk(2, dim=1)  # (B, out_ch, 1) each
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, out_ch, T) or (B, out_ch, bands, T)
+        film = self.time_proj(t_emb).view(*t_emb.shape[:1], -1, *(1,) * self.dims)
+        scale, shift = film.chunk(2, dim=1)  # (B, out_ch, 1[, 1]) each
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return h + self.skip(x)
@@ -91,6 +100,43 @@ class Upsample(nn.Module):
 
     def forward(self, x):  # (B, C, T) -> (B, C, 2 T)
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class BandPlane(nn.Module):
+    """2D convolutions over the mel as an image (band, frame) at full resolution, beside the 1D UNet.
+
+    The 1D path sees the bands as channels: every conv mixes all of them, so telling a tonal line from
+    the noise beside it in the same band (local in band and frame) has to be learned band by band
+    through the base_dim channels. Here the same small kernels slide over bands too.
+      stem: x (B, bands, T) -> conv 3x3 -> 2D ResBlock -> p (B, C, bands, T); p flattened to
+            (B, C*bands, T) and projected to base_dim (joins the 1D path's init conv)
+      head: the last 1D features (B, base_dim, T) projected to (B, C*bands, T) and viewed as a plane,
+            [that | p] -> 2D ResBlock -> GroupNorm-SiLU -> conv 3x3 to one plane (zero-init),
+            added to the 1D path's output."""
+
+    def __init__(self, mel_dim, channels, base_dim, time_emb_dim):
+        super().__init__()
+        self.mel_dim, self.channels = mel_dim, channels
+        self.stem_conv = nn.Conv2d(1, channels, 3, padding=1)
+        self.stem_res = ResBlock(channels, channels, time_emb_dim, dims=2)
+        self.to_frames = nn.Conv1d(channels * mel_dim, base_dim, 1)
+        self.from_frames = nn.Conv1d(base_dim, channels * mel_dim, 1)
+        self.head_res = ResBlock(2 * channels, channels, time_emb_dim, dims=2)
+        self.head_norm = nn.GroupNorm(norm_groups(channels), channels)
+        self.head_conv = nn.Conv2d(channels, 1, 3, padding=1)
+        nn.init.zeros_(self.head_conv.weight)
+        nn.init.zeros_(self.head_conv.bias)
+
+    def stem(self, x, t_emb):
+        """x (B, bands, T) -> (the plane p (B, C, bands, T), its projection (B, base_dim, T))."""
+        p = self.stem_res(self.stem_conv(x[:, None]), t_emb)
+        return p, self.to_frames(p.flatten(1, 2))
+
+    def head(self, h, p, t_emb):
+        """h (B, base_dim, T) activated last 1D features, p the stem's plane -> (B, bands, T)."""
+        q = self.from_frames(h).view(p.shape)
+        q = self.head_res(torch.cat([q, p], dim=1), t_emb)
+        return self.head_conv(F.silu(self.head_norm(q)))[:, 0]
 
 
 class UNet1D_ultimate(nn.Module):
@@ -127,6 +173,8 @@ class UNet1D_ultimate(nn.Module):
         self.out_conv = nn.Conv1d(ch + mel_dim, mel_dim, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
+        self.plane = (BandPlane(mel_dim, config.stem_channels, base_dim, time_emb_dim)
+                      if config.stem_channels > 0 else None)
 
     def _attention(self, ch):
         config = self.config
@@ -187,6 +235,9 @@ class UNet1D_ultimate(nn.Module):
         if padded_length != length:
             x = F.pad(x, (0, padded_length - length))
         h = self.init_conv(x) + self.motion_in(motion_along_time)  # (B, base_dim, T_pad)
+        if self.plane is not None:
+            plane, from_plane = self.plane.stem(x, t_emb)
+            h = h + from_plane
 
         query_pos_cache = {}
 
@@ -197,8 +248,10 @@ class UNet1D_ultimate(nn.Module):
                 query_pos_cache[stride] = sinusoidal_embedding(centres, self.cond_dim)[None]  # (1, T_l, cond)
             return block(h, motion_context, lyric_context, lyric_mask, query_pos_cache[stride])
 
-        h = self._levels(h, t_emb, attend)
-        out = self.out_conv(torch.cat([F.silu(self.out_norm(h)), x], dim=1))
+        h = F.silu(self.out_norm(self._levels(h, t_emb, attend)))
+        out = self.out_conv(torch.cat([h, x], dim=1))
+        if self.plane is not None:
+            out = out + self.plane.head(h, plane, t_emb)
         return out[..., :length]  # (B, mel_dim, T)
 
     def _motion_conditions(self, motion, drop_motion, length, padded_length):

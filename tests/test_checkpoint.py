@@ -21,11 +21,11 @@ TINY = dict(mel_dim=80, motion_dim=234, lyric_dim=32, base_dim=16, dim_mults=(1,
             time_emb_dim=16, num_res_blocks=1, num_mid_blocks=1, num_heads=2, dropout=0.0)
 
 
-def tiny_checkpoint(step=5):
+def tiny_checkpoint(step=5, **overrides):
     """A complete checkpoint dict for a tiny untrained model (EMA = perturbed weights), written the
     way an older train.py wrote it: its diffusion_config predates motion_features."""
     torch.manual_seed(0)
-    model = UNet1D_ultimate(**TINY)
+    model = UNet1D_ultimate(**{**TINY, **overrides})
     ema = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v.clone()
            for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(1)
@@ -157,15 +157,17 @@ def test_legacy_values_say_what_missing_keys_meant(tmp_path):
     """A key an older checkpoint lacks takes the value the code had then (LEGACY_VALUES), never
     today's dataclass default; a dropped setting loads at its one surviving value; anything else
     missing or unknown is refused with the file named."""
-    ckpt = tiny_checkpoint()
+    ckpt = tiny_checkpoint(stem_channels=0)
     del ckpt["diffusion_config"]["objective"]
+    del ckpt["model_config"]["stem_channels"]  # written before the 2D band plane: no plane weights
     ckpt["model_config"]["attn_impl"] = "sdpa"  # written while the MHA baseline was a model setting
     save_checkpoint(ckpt, tmp_path / "old.pt")
     diffusion, model = load_model(tmp_path / "old.pt")
     assert (model.diffusion_config.objective, model.diffusion_config.motion_features) == ("eps", "raw")
     assert (DiffusionConfig().objective, DiffusionConfig().motion_features) != ("eps", "raw")  # not the defaults
     assert LEGACY_VALUES["diffusion_config"] == {"objective": "eps", "motion_features": "raw"}
-    assert diffusion.config == model.diffusion_config and model.model_config == UNetConfig(**TINY)
+    assert diffusion.config == model.diffusion_config and model.model_config == UNetConfig(**TINY, stem_channels=0)
+    assert UNetConfig().stem_channels > 0 and diffusion.model.plane is None  # not today's default
 
     ckpt["model_config"]["attn_impl"] = "mha"
     save_checkpoint(ckpt, tmp_path / "mha.pt")

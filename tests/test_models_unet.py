@@ -12,7 +12,7 @@ from models.cross_attention import CrossAttentionBlock  # noqa: E402
 from models.embedding import LyricEmbedding, sinusoidal_embedding  # noqa: E402
 from models.layout import MOTION_DIM  # noqa: E402
 from models.motion_features import DEFAULT_MOTION_FEATURES, motion_feature_dim  # noqa: E402
-from models.unet1d_ultimate import UNet1D_ultimate, UNetConfig, norm_groups  # noqa: E402
+from models.unet1d_ultimate import BandPlane, UNet1D_ultimate, UNetConfig, norm_groups  # noqa: E402
 
 torch.set_num_threads(1)
 LYRIC_DIM = 24
@@ -45,8 +45,9 @@ def inputs(batch=2, length=37, lyric_len=5, seed=1):
 
 
 @pytest.mark.parametrize("length", [37, 516, 1])
-def test_output_shape_matches_input_for_any_length(length):
-    model = tiny_model(dim_mults=(1, 2, 2))
+@pytest.mark.parametrize("stem_channels", [0, 4])
+def test_output_shape_matches_input_for_any_length(length, stem_channels):
+    model = tiny_model(dim_mults=(1, 2, 2), stem_channels=stem_channels)
     x, t, motion, lyrics, pad = inputs(length=length)
     with torch.no_grad():
         out = model(x, t, motion, lyrics, pad)
@@ -54,8 +55,9 @@ def test_output_shape_matches_input_for_any_length(length):
     assert torch.isfinite(out).all() and out.abs().max() > 0
 
 
-def test_fresh_model_outputs_zero_and_motion_length_may_differ():
-    model = tiny_model(perturb=False)
+@pytest.mark.parametrize("stem_channels", [0, 4])
+def test_fresh_model_outputs_zero_and_motion_length_may_differ(stem_channels):
+    model = tiny_model(perturb=False, stem_channels=stem_channels)
     x, t, motion, lyrics, pad = inputs(length=40)
     with torch.no_grad():
         out = model(x, t, motion[:, :30], lyrics, pad)  # 30 motion frames for 40 mel frames
@@ -191,3 +193,31 @@ def test_dropout_is_active_in_training_mode_only():
 def test_default_motion_dim_fits_the_default_motion_features():
     """One value per setting: the network's default motion input is the diffusion's default view."""
     assert UNetConfig().motion_dim == motion_feature_dim(DEFAULT_MOTION_FEATURES) == 6
+
+
+def test_band_plane_slides_over_bands_and_joins_both_ends():
+    """The plane's stem is a convolution over bands as well as frames: a pattern moved up by k bands
+    gives the same features moved by k bands (away from the edges), which the 1D path's band-mixing
+    convs do not; the head's output takes gradients from every plane parameter and the 1D path."""
+    torch.manual_seed(0)
+    plane = BandPlane(mel_dim=40, channels=4, base_dim=16, time_emb_dim=32).eval()
+    t_emb = torch.randn(1, 32)
+    x = torch.zeros(1, 40, 30)
+    x[0, 10:13, 5:20] = torch.randn(3, 15)  # a short patch of tone-like rows
+    shifted = torch.roll(x, 7, dims=1)
+    with torch.no_grad():
+        p, to_frames = plane.stem(x, t_emb)
+        p_shift, _ = plane.stem(shifted, t_emb)
+    assert p.shape == (1, 4, 40, 30) and to_frames.shape == (1, 16, 30)
+    # three 3x3 convs: bands 3 or more from either edge (in both planes) do not see the padding
+    torch.testing.assert_close(torch.roll(p, 7, dims=2)[:, :, 10:37], p_shift[:, :, 10:37], rtol=1e-4, atol=1e-5)
+    assert (p - p_shift).abs().max() > 0.1  # and it did move
+
+    model = tiny_model(stem_channels=4)
+    x, t, motion, lyrics, pad = inputs()
+    model.train()
+    model(x, t, motion, lyrics, pad).pow(2).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    plane_grads = [g for n, g in grads.items() if n.startswith("plane.")]
+    assert len(plane_grads) > 10 and all(g is not None and g.abs().sum() > 0 for g in plane_grads)
+    assert grads["init_conv.weight"].abs().sum() > 0
