@@ -2,6 +2,7 @@
 
     python sometest/bench.py [--quick] [--device auto] [--json bench.json] [--sections pre,load,train,sample]
     python sometest/bench.py --sections original --original_repo /path/to/original/checkout
+    python sometest/bench.py --sections plane --base_dim 128 [--train_size demo]   # what the 2D band plane costs
 
 Every figure is the median of repeated runs after a warm-up; versions that are compared (SDPA vs
 nn.MultiheadAttention, preloaded vs per-item loader, DDIM-50 vs DDPM-1000, AMP vs fp32) are measured
@@ -68,6 +69,7 @@ from sometest.make_demo_data import make_demo_dataset  # noqa: E402
 # ---- defaults (edit here or pass --flag) --------------------------------------------------------
 REPEATS = 5            # timed repetitions per figure (median reported); --quick uses 2
 TRAIN_BATCHES = (4, 16)  # training batch sizes
+PLANE_BATCH = 8          # --sections plane: the batch of the CPU recipe (README)
 DEMO_UNET = dict(base_dim=32, dim_mults=(1, 2))  # --train_size demo: make demo's model (1.3 M parameters)
 SAMPLE_BATCHES = (1, 8)  # sampling batch sizes
 SAMPLE_STEPS_TIMED = 5   # sampler steps timed per repetition
@@ -361,6 +363,27 @@ def bench_training(args, device):
                          "default": variant == default_training_variant(device, args.train_size)})
         steps = None  # frees the models before the next batch size
     return {"training": rows}
+
+
+def bench_plane(args, device):
+    """train.py's default training step (its variant here) with the 2D band plane (UNetConfig's
+    stem_channels) and without it (stem_channels 0), at the training size and batch PLANE_BATCH,
+    interleaved: what the plane costs (RESULTS.md, "A 2D band plane", has what it buys)."""
+    reps = getattr(args, "repeats", 0) or (3 if args.quick else 5)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    variant = default_training_variant(device, args.train_size)
+    batch = synthetic_batch(PLANE_BATCH)
+    steps, n_params = {}, {}
+    for stem in (0, UNetConfig().stem_channels):
+        size = dict(unet_overrides(args.train_size), stem_channels=stem)
+        parts = training_parts(variant, PLANE_BATCH, device, size)
+        n_params[stem] = sum(p.numel() for p in parts.model.parameters())
+        counter = iter(range(10 ** 6))
+        steps[stem] = (lambda parts=parts, counter=counter: train_step(parts, batch, next(counter)))
+    timed = interleaved_median_times(steps, reps, warmup=1, sync=sync)
+    width = UNetConfig(**unet_overrides(args.train_size)).base_dim
+    return {"plane": [{"stem_channels": stem, "base_dim": width, "batch": PLANE_BATCH, "amp": variant[0],
+                       "params": n_params[stem], "step_s": med, "times": ts} for stem, (med, ts) in timed.items()]}
 
 
 def bench_adan(args, device):
@@ -726,6 +749,14 @@ def table(res):
               f"{base[r['batch']] / r['step_s']:.2f}x" if r["batch"] in base else "",
               f"{r['samples_per_s']:.2f}", f"{r.get('first_step_s', float('nan')):.1f}", f"{r['peak_mem_mb']:.0f}")
              for r in res["training"]])
+    if "plane" in res:
+        without = next(r["step_s"] for r in res["plane"] if r["stem_channels"] == 0)
+        lines += markdown_table(
+            (f"training step, width {res['plane'][0]['base_dim']}, train.py's default variant", "stem_channels",
+             "batch", "amp", "params M", "s/step", "vs no plane"),
+            [("with the band plane" if r["stem_channels"] else "without", r["stem_channels"], r["batch"], r["amp"],
+              f"{r['params'] / 1e6:.2f}", f"{r['step_s']:.3f}", f"{r['step_s'] / without:.2f}x")
+             for r in res["plane"]])
     if "sampling" in res:
         lines += ["| sampling, guidance 2 (doubled batch) | batch | amp | s/step | s/clip |", "|---|---|---|---|---|"]
         for r in res["sampling"]:
@@ -827,7 +858,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--sections", default="pre,load,train,sample",
-                   help="comma list of pre,load,adan,train,sample,sample_compile,original (original needs --original_repo)")
+                   help="comma list of pre,load,adan,train,plane,sample,sample_compile,original (original needs --original_repo)")
     p.add_argument("--original_repo", default=None,
                    help=f"checkout of github.com/{ORIGINAL_GITHUB}, for --sections original")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -879,6 +910,8 @@ def main(argv=None):
         res.update(bench_adan(args, device))
     if "train" in sections:
         res.update(bench_training(args, device))
+    if "plane" in sections:
+        res.update(bench_plane(args, device))
     if "sample" in sections:
         res.update(bench_sampling(args, device))
     elif "sample_compile" in sections:  # only sample.py's sampler, compiled against eager

@@ -8,8 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from dataset import MelDataset
 from lm2a import device as D
+from lm2a.data import collate_fn
+from lm2a.generate import load_clips
+from lm2a.lyrics import DEFAULT_TEXT_ENCODER
+from lm2a.melconfig import load_mel_config
 from lm2a.training import train_step
+from models.diffusion import GaussianDiffusion
+from models.unet1d_ultimate import UNet1D_ultimate
+from tests.fakeclips import write_fake_clips
+from tests.test_sample import TINY as SAMPLE_TINY
+from tests.test_sample import make_checkpoint as make_sample_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -252,6 +262,24 @@ def test_bench_adan_section_times_the_three_kernels(monkeypatch):
     assert "| fused |" in bench.table(res) and "adan_loop_over_foreach" in r
 
 
+def test_bench_plane_section_times_the_step_with_and_without_the_band_plane(monkeypatch):
+    bench = load_script("bench")
+    monkeypatch.setattr(bench, "DEMO_UNET", dict(base_dim=8, dim_mults=(1, 2), cond_dim=8, time_emb_dim=8,
+                                                 num_heads=2, num_res_blocks=1, num_mid_blocks=1))
+    monkeypatch.setattr(bench, "PLANE_BATCH", 2)
+    args = type("Args", (), {"quick": True, "repeats": 2, "train_size": "demo"})()
+    res = bench.bench_plane(args, torch.device("cpu"))
+    rows = {r["stem_channels"]: r for r in res["plane"]}
+    assert list(rows) == [0, bench.UNetConfig().stem_channels] and bench.UNetConfig().stem_channels > 0
+    for stem, r in rows.items():
+        n = sum(p.numel() for p in bench.UNet1D_ultimate(bench.UNetConfig(
+            lyric_dim=bench.LYRIC_DIM, **dict(bench.DEMO_UNET, stem_channels=stem))).parameters())
+        assert r["params"] == n and len(r["times"]) == 2 and r["step_s"] > 0 and (r["batch"], r["base_dim"]) == (2, 8)
+    assert rows[16]["params"] > rows[0]["params"]
+    text = bench.table(res)
+    assert "| with the band plane | 16 | 2 |" in text and "| without | 0 | 2 |" in text and "| 1.00x |" in text
+
+
 FAKE_ORIGINAL_EMBEDDING = '''import torch
 from torch import nn
 
@@ -424,3 +452,44 @@ def test_bench_original_section_on_a_fake_checkout(tmp_path, monkeypatch, capsys
     assert r["ours_default_s_per_clip"] == 10.0 and r["ours_default_source"] == "sample section"
     assert set(r["times"]) == {"original", "ours"}
     assert r["original_ddpm1000_over_our_default"] == pytest.approx(r["original_step_s"] * 1000 / 10.0)
+
+
+def test_denoise_profile_of_a_model_that_predicts_nothing(tmp_path, capsys):
+    """A fresh network outputs zero (zero-initialised output convs): with the v objective its x0
+    prediction is sqrt(ab) x_t, so its error is (1 - ab)^2 E[x0^2] + ab (1 - ab) E[noise^2], known
+    for every t; the CSV, the PNG and the printed table are written."""
+    profile = load_script("denoise_profile")
+    torch.set_num_threads(1)
+    paths = write_fake_clips(tmp_path / "clips", n=4, mel_frames=64, seed=2, text_encoder=DEFAULT_TEXT_ENCODER)
+    stats = MelDataset(tmp_path / "clips").stats()
+    diffusion = GaussianDiffusion(UNet1D_ultimate(**dict(SAMPLE_TINY, stem_channels=4)).eval(), objective="v",
+                                  motion_features="raw",
+                                  timesteps=100, **{k: stats[k] for k in ("mel_mean", "mel_std", "motion_mean",
+                                                                           "motion_std")})
+    items, _ = load_clips(paths)
+    batch = collate_fn(items)
+    rows = profile.denoise_profile(diffusion, batch, load_mel_config(), timesteps=(5, 50, 99))
+    x0 = diffusion.normalize_mel(batch["mel"].transpose(1, 2))
+    assert [r["t"] for r in rows] == [-1, 5, 50, 99]
+    real_rough = float((batch["mel"][:, 1:] - batch["mel"][:, :-1]).std())
+    assert rows[0]["roughness"] == pytest.approx(real_rough, rel=1e-5) and rows[0]["x0_mse"] == 0
+    for r in rows[1:]:
+        ab = float(diffusion.alphas_cumprod[r["t"]])
+        assert r["sigma"] == pytest.approx((1 - ab) ** 0.5, rel=1e-6)
+        want = (1 - ab) ** 2 * float((x0 ** 2).mean()) + ab * (1 - ab)
+        assert r["x0_mse"] == pytest.approx(want, rel=0.05, abs=1e-4)
+        assert 0 <= r["harmonic_share"] <= 1 and 0 <= r["partials"] <= 1
+    assert rows[1]["x0_mse"] < rows[2]["x0_mse"] < rows[3]["x0_mse"]
+    # little noise: about the clip itself; all noise: sqrt(ab) x_t ~ 0, the mean mel, flat along time
+    assert rows[1]["roughness"] == pytest.approx(rows[0]["roughness"], rel=0.1)
+    assert rows[3]["roughness"] < 0.05 * rows[0]["roughness"]
+
+    make_sample_checkpoint(tmp_path / "ckpt" / "step_00000007.pt", tmp_path / "clips")
+    profile.main(["--ckpt", str(tmp_path / "ckpt"), "--npz_dir", str(tmp_path / "clips"), "--max_clips", "3",
+                  "--timesteps", "10", "40", "--out_dir", str(tmp_path / "out")])
+    lines = (tmp_path / "out" / "denoise_profile.csv").read_text().splitlines()
+    assert lines[0].split(",") == list(profile.COLUMNS) and len(lines) == 4
+    assert [line.split(",")[0] for line in lines[1:]] == ["-1", "10", "40"]
+    assert png_shape(tmp_path / "out" / "denoise_profile.png")[1] == 1300
+    out = capsys.readouterr().out
+    assert "| real |" in out and "3 clips (0 skipped), 2 timesteps" in out
