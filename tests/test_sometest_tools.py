@@ -493,3 +493,29 @@ def test_denoise_profile_of_a_model_that_predicts_nothing(tmp_path, capsys):
     assert png_shape(tmp_path / "out" / "denoise_profile.png")[1] == 1300
     out = capsys.readouterr().out
     assert "| real |" in out and "3 clips (0 skipped), 2 timesteps" in out
+
+
+def fake_val_summary(path, harmonic, partials, frechet, other=140.5):
+    path.mkdir(parents=True)
+    music = {"real": {"harmonic_share": 0.77, "partials": 0.48, "chroma_concentration": 0.08, "frechet": 8.1},
+             "model": {"harmonic_share": harmonic, "partials": partials, "chroma_concentration": 0.05,
+                       "frechet": frechet}}
+    (path / "summary.json").write_text(json.dumps({"music_likeness": music, "frechet": {
+        "model": frechet, "real_split_half": 8.1, "real_other_songs": other}}))
+
+
+def test_quality_curve_pairs_runs_with_their_evaluations(tmp_path, capsys):
+    curve = load_script("quality_curve")
+    pairs = []
+    for name, steps, figures in (("long", 1600, (0.70, 0.45, 150.0)), ("short", 400, (0.60, 0.35, 190.0))):
+        write_log(tmp_path / name / "train_log.csv", n_steps=steps, val_every=steps)  # 0.5 s per step
+        fake_val_summary(tmp_path / f"val_{name}", *figures, other=None if name == "long" else 140.5)
+        pairs.append(f"{tmp_path / name}:{tmp_path / f'val_{name}'}")
+    curve.main(pairs + ["--out", str(tmp_path / "curve.png")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == "| short | 400 | 3.3 | 0.600 | 0.350 | 190.0 |"   # sorted by training time
+    assert out[3] == "| long | 1600 | 13.3 | 0.700 | 0.450 | 150.0 |"
+    assert out[4] == "| real clips | | | 0.770 | 0.480 | 8.1 split halves, 140.5 other songs |"
+    assert png_shape(tmp_path / "curve.png")[1] == 1300
+    with pytest.raises(SystemExit, match="val_none/summary.json not found"):
+        curve.main([f"{tmp_path / 'long'}:{tmp_path / 'val_none'}", "--out", str(tmp_path / "x.png")])
