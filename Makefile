@@ -26,13 +26,13 @@ test: venv
 	$(PY) -m pytest -q tests
 
 # Every stage on the demo data, on CPU. Outputs land in $(DEMO)/ (git-ignored).
-DEMO_STEPS ?= 1000
+DEMO_STEPS ?= 600
 demo: venv
 	$(PY) sometest/make_demo_data.py --out $(DEMO)/JustLMD --songs 8 --seconds 60 --force
 	$(PY) preprocess.py --data_root $(DEMO)/JustLMD --out_dir $(DEMO)/lm2a --workers 2
 	$(PY) newsplit_npz.py --npz_dir $(DEMO)/lm2a/clips --out_dir $(DEMO)/split --force
 	$(PY) train.py --npz_dir $(DEMO)/split/train --val_npz_dir $(DEMO)/split/val --save_dir $(DEMO)/runs/tiny \
-	    --force --max_steps $(DEMO_STEPS) --batch_size 8 --base_dim 32 --dim_mults 1,2 \
+	    --force --max_steps $(DEMO_STEPS) --batch_size 8 --base_dim 32 --dim_mults 1,2 --stem_channels 8 \
 	    --val_every 250 --save_every 250 --device cpu
 	$(PY) sometest/plot_losses.py $(DEMO)/runs/tiny --out $(DEMO)/runs/tiny/losses.png
 	$(PY) sample.py --ckpt $(DEMO)/runs/tiny --npz_dir $(DEMO)/split/test --out_dir $(DEMO)/generated \
