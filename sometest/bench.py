@@ -372,14 +372,11 @@ def bench_plane(args, device):
     reps = getattr(args, "repeats", 0) or (3 if args.quick else 5)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     variant = default_training_variant(device, args.train_size)
-    batch = synthetic_batch(PLANE_BATCH)
     steps, n_params = {}, {}
     for stem in (0, UNetConfig().stem_channels):
         size = dict(unet_overrides(args.train_size), stem_channels=stem)
-        parts = training_parts(variant, PLANE_BATCH, device, size)
-        n_params[stem] = sum(p.numel() for p in parts.model.parameters())
-        counter = iter(range(10 ** 6))
-        steps[stem] = (lambda parts=parts, counter=counter: train_step(parts, batch, next(counter)))
+        fns, _, params = train_step_fns([variant], PLANE_BATCH, device, size)
+        steps[stem], n_params[stem] = fns[variant], params[variant]
     timed = interleaved_median_times(steps, reps, warmup=1, sync=sync)
     width = UNetConfig(**unet_overrides(args.train_size)).base_dim
     return {"plane": [{"stem_channels": stem, "base_dim": width, "batch": PLANE_BATCH, "amp": variant[0],

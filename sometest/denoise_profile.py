@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from lm2a.clipio import atomic_file  # noqa: E402
 from lm2a.data import collate_fn  # noqa: E402
 from lm2a.generate import load_clips  # noqa: E402
-from lm2a.musicality import music_figures  # noqa: E402
+from lm2a.musicality import mean_music_figures  # noqa: E402
 from lm2a.trained import load_model  # noqa: E402
 
 TIMESTEPS = (20, 50, 100, 200, 300, 500, 700, 900, 999)
@@ -51,8 +51,8 @@ def roughness(log_mel) -> float:
 
 
 def music_means(log_mels, mel_config):
-    figures = [music_figures(m, mel_config) for m in np.asarray(log_mels, dtype=np.float32)]
-    return {k: float(np.mean([f[k] for f in figures])) for k in ("harmonic_share", "partials")}
+    figures = mean_music_figures(np.asarray(log_mels, dtype=np.float32), mel_config)
+    return {k: float(figures[k]) for k in ("harmonic_share", "partials")}
 
 
 @torch.no_grad()
