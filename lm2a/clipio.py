@@ -54,6 +54,36 @@ def song_of_clip(name_or_path) -> str:
     return parse_clip_name(name_or_path)[0]
 
 
+def _clip_str(path, key):
+    """The clip npz's string member `key` (only that member is read), or None when it has none."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            v = z[key] if key in z.files else None
+    except Exception as e:  # zipfile.BadZipFile, OSError, ValueError
+        raise ClipFileError(f"{path}: cannot read npz ({e}); delete it and re-run preprocess.py") from e
+    if v is None:
+        return None
+    if v.dtype.kind not in "US" or v.size != 1 or not str(v.reshape(()).item()):
+        raise ClipFileError(f"{path}: key '{key}' is {v.dtype} {v.shape}, expected a non-empty string "
+                            f"(re-run preprocess.py)")
+    return str(v.reshape(()).item())
+
+
+def clip_song(path) -> str:
+    """The clip's song: its npz's `song` key when present (AIST++: the music id, shared by many
+    sequences), else the name's part before `__` (song_of_clip). Errors name the file."""
+    song = _clip_str(path, "song")
+    return song if song is not None else song_of_clip(path)
+
+
+def clip_sequence(path) -> str:
+    """The clip's sequence: its npz's `sequence` key when present (AIST++: one dancer dancing one
+    piece), else the name's part before `__` (JustLMD: one sequence per song). Errors name the file."""
+    seq = _clip_str(path, "sequence")
+    return seq if seq is not None else song_of_clip(path)
+
+
 def is_clip_file(path) -> bool:
     """A clip npz: `<song>__<start_ms>.npz` (not a generated `_gen.npz`, not motion_stats.npz, not a
     hidden or temporary file)."""
@@ -173,6 +203,8 @@ def load_clip(path, keys=("mel", "motion", "lyrics"), check_schema=True) -> dict
         if check_schema and "schema_version" in z.files and int(z["schema_version"]) != SCHEMA_VERSION:
             raise ClipFileError(f"{path}: schema_version {int(z['schema_version'])}, this code reads "
                                 f"{SCHEMA_VERSION} (re-run preprocess.py)")
-    if "lyrics" in out and out["lyrics"].shape[0] == 0:
+        null_lyric = "lyric_text" in z.files and _str(z["lyric_text"]) == ""
+    # no tokens is the null lyric of a clip without lyrics (AIST++: lyric_text ""), else a broken file
+    if "lyrics" in out and out["lyrics"].shape[0] == 0 and not null_lyric:
         raise ClipFileError(f"{path}: key 'lyrics' has no tokens (re-run preprocess.py)")
     return out

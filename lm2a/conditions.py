@@ -8,7 +8,7 @@ nearest frame), then the clip's frames are cut out and turned into features.
 from pathlib import Path
 
 from lm2a.lyrics import LyricEncoder
-from lm2a.motion import clip_frame_range, song_motion
+from lm2a.motion import clip_frame_range, read_motion
 
 
 class ConditionError(ValueError):
@@ -26,7 +26,7 @@ def conditions_from_raw(smpl_json_path, lyric_text, start_s, seconds=6.0, fps=30
     `encoder`: an lm2a.lyrics.LyricEncoder to reuse; else one is built from `text_encoder`.
     Raises ConditionError when the motion does not cover the clip (MotionFileError on a bad file)."""
     path = Path(smpl_json_path)
-    motion = song_motion(path)
+    motion = read_motion(path, fps)  # smplfull.json or an AIST++ pkl
     frame_start, frame_end = clip_frame_range(start_s, t0_s, seconds, fps)
     problem = motion.span_problem(frame_start, frame_end, t0_s, fps)
     if problem:

@@ -46,10 +46,11 @@ def load_item(path):
 
 def pad_lyric_tokens(tokens, length=None):
     """[(L_i, D)] lyric token tensors -> (lyrics (B, L, D) zero-padded, lyric_pad_mask (B, L) True on
-    padding), L = the longest line, or `length` when longer (a fixed shape for torch.compile)."""
+    padding), L = the longest line, or `length` when longer (a fixed shape for torch.compile), and at
+    least 1: a batch of null lyrics (clips without lyrics: (0, D) tokens) is one padding column."""
     lengths = torch.tensor([t.shape[0] for t in tokens])
     lyrics = pad_sequence(list(tokens), batch_first=True)
-    L = max(int(lengths.max()), length or 0)
+    L = max(int(lengths.max()), length or 0, 1)
     lyrics = F.pad(lyrics, (0, 0, 0, L - lyrics.shape[1]))
     return lyrics, torch.arange(L)[None, :] >= lengths[:, None]
 

@@ -1,14 +1,16 @@
-"""SMPL motion: parsing EasyMocap smplfull.json, repairing gaps, and the (frames, 234) features.
+"""SMPL motion: parsing EasyMocap smplfull.json and AIST++ motion pkl files, repairing gaps, and the (frames, 234) features.
 
 Feature layout (DESIGN.md): [pose 78 | velocity 78 | acceleration 78], pose = 72 SMPL axis-angles
 (24 joints x 3) + Th 3 + Rh 3, lightly smoothed in time; derivatives in units/s and units/s^2.
 """
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
+from scipy.spatial.transform import Rotation
 
 from models.layout import JOINT_DIMS, MOTION_DIM, N_JOINTS, POSE_DIM, RH, TH, VELOCITY
 
@@ -219,3 +221,139 @@ def song_motion(path) -> SongMotion:
     filled, frames_fixed, values_fixed = fill_nearest(poses)
     return SongMotion(path=Path(path), poses=filled, bad_frames=bad_frames, missing_frames=n_missing,
                       frames_repaired=frames_fixed, nonfinite_values=values_fixed - n_missing * POSE_DIM)
+
+
+# ---- AIST++ motion (motions/<sequence>.pkl) -------------------------------------------------------
+AIST_SOURCE_FPS = 60   # AIST++'s SMPL fits are at 60 fps (the pkl files do not say so)
+AIST_PKL_KEYS = ("smpl_poses", "smpl_trans", "smpl_scaling")
+_FPS_KEYS = ("fps", "frame_rate", "mocap_framerate")  # a frame rate some re-exports add to the pkl
+# what a motion pkl may hold: numpy arrays and plain Python values, nothing that runs code on load
+_SAFE_PICKLE = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+                ("numpy._core.numeric", "_frombuffer"), ("collections", "OrderedDict")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _SAFE_PICKLE:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (a motion pkl holds arrays only)")
+
+
+def read_aist_pkl(path):
+    """The dict of an AIST++ motion pkl, loaded without running code from the file (numpy arrays and
+    plain values only). Raises MotionFileError naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = _ArrayUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
+            IndexError, KeyError) as e:
+        raise MotionFileError(f"{path}: cannot read as an AIST++ motion pkl ({type(e).__name__}: {e})") from e
+    if not isinstance(data, dict):
+        raise MotionFileError(f"{path}: expected a pickled dict with {', '.join(AIST_PKL_KEYS)}, "
+                              f"got {type(data).__name__}")
+    return data
+
+
+def _aist_array(data, key, cols, path):
+    if key not in data:
+        raise MotionFileError(f"{path}: no '{key}' (keys: {', '.join(map(str, data)) or 'none'}); an AIST++ "
+                              f"motion pkl holds {', '.join(AIST_PKL_KEYS)}")
+    try:
+        a = np.asarray(data[key], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise MotionFileError(f"{path}: '{key}' is not numeric ({e})") from e
+    if cols is None:
+        if a.size != 1:
+            raise MotionFileError(f"{path}: '{key}' has {a.size} values, expected 1")
+        return float(a.reshape(-1)[0])
+    if a.ndim != 2 or a.shape[1] != cols or a.shape[0] == 0:
+        raise MotionFileError(f"{path}: '{key}' has shape {a.shape}, expected (frames, {cols})")
+    return a
+
+
+def declared_fps(data, path):
+    """The frame rate a pkl states (None when it states none, as AIST++'s own files)."""
+    for k in _FPS_KEYS:
+        if k in data:
+            try:
+                return float(np.asarray(data[k]).reshape(-1)[0])
+            except (TypeError, ValueError, IndexError) as e:
+                raise MotionFileError(f"{path}: '{k}' is not a frame rate ({e})") from e
+    return None
+
+
+def aist_poses(data, path):
+    """An AIST++ pkl dict -> (F, 78) poses in EasyMocap's layout at the file's own rate: the 72 joint
+    axis-angles with the root's (SMPL joint 0, `smpl_poses[:, :3]`) moved to Rh, as EasyMocap keeps the
+    global orientation in Rh and zeros in poses[:3]; Th = smpl_trans / smpl_scaling (AIST++ fits a
+    scaled body: dividing gives metres). NaN/inf are kept (the caller repairs and counts them)."""
+    poses = _aist_array(data, "smpl_poses", JOINT_DIMS, path)
+    trans = _aist_array(data, "smpl_trans", 3, path)
+    scaling = _aist_array(data, "smpl_scaling", None, path)
+    if len(trans) != len(poses):
+        raise MotionFileError(f"{path}: smpl_poses has {len(poses)} frames but smpl_trans {len(trans)}")
+    if not np.isfinite(scaling) or scaling <= 0:
+        raise MotionFileError(f"{path}: smpl_scaling is {scaling}; it must be a positive number")
+    out = np.empty((len(poses), POSE_DIM))
+    out[:, :JOINT_DIMS] = poses
+    out[:, :3] = 0.0
+    out[:, RH] = poses[:, :3]
+    out[:, TH] = trans / scaling
+    return out
+
+
+def resample_poses(poses, src_fps, dst_fps):
+    """(F, 78) poses at src_fps -> (F', 78) at dst_fps, frame 0 kept at time 0, F' = the frames whose
+    time is inside the source. Frames that fall on a source frame take its values unchanged (60 -> 30
+    fps is every other frame); between frames the 24 joint rotations and Rh are slerped and Th is
+    interpolated linearly. NaN rows stay NaN (repaired later)."""
+    poses = np.asarray(poses, dtype=np.float64)
+    if src_fps == dst_fps:
+        return poses.copy()
+    n = int(np.floor((len(poses) - 1) * dst_fps / src_fps + 1e-9)) + 1
+    pos = np.arange(n) * (src_fps / dst_fps)
+    i0 = np.floor(pos + 1e-9).astype(np.int64)
+    w = pos - i0
+    out = poses[i0].copy()
+    between = w > 1e-9
+    if between.any():
+        a, b, wb = poses[i0[between]], poses[np.minimum(i0[between] + 1, len(poses) - 1)], w[between]
+        out[between, TH] = a[:, TH] * (1 - wb[:, None]) + b[:, TH] * wb[:, None]
+        rot = np.r_[np.arange(JOINT_DIMS), np.arange(RH.start, RH.stop)]
+        ra = Rotation.from_rotvec(a[:, rot].reshape(-1, 3))
+        rb = Rotation.from_rotvec(b[:, rot].reshape(-1, 3))
+        step = (ra.inv() * rb).as_rotvec() * np.repeat(wb, len(rot) // 3)[:, None]
+        out[np.ix_(np.flatnonzero(between), rot)] = (ra * Rotation.from_rotvec(step)).as_rotvec().reshape(len(wb), -1)
+    return out
+
+
+def aist_motion(path, fps=30, source_fps=AIST_SOURCE_FPS) -> SongMotion:
+    """An AIST++ motion pkl -> its SongMotion at `fps` (repaired like smplfull.json's). A pkl that states
+    a frame rate other than `source_fps` is refused: mixing rates in one dataset would mislabel time."""
+    data = read_aist_pkl(path)
+    stated = declared_fps(data, path)
+    if stated is not None and abs(stated - source_fps) > 1e-6:
+        raise MotionFileError(f"{path}: states {stated:g} fps but the dataset is read at {source_fps:g} fps "
+                              f"(mixed frame rates); convert the file, or pass --source_fps {stated:g} if "
+                              f"every file is at {stated:g} fps")
+    raw = aist_poses(data, path)
+    bad_src = ~np.isfinite(raw).all(axis=1)
+    filled_src, _, _ = fill_nearest(raw)
+    poses = resample_poses(filled_src, source_fps, fps)
+    # a target frame is bad when a source frame it is made from was bad
+    pos = np.arange(len(poses)) * (source_fps / fps)
+    lo, hi = np.floor(pos + 1e-9).astype(np.int64), np.minimum(np.ceil(pos - 1e-9).astype(np.int64), len(raw) - 1)
+    bad = bad_src[lo] | bad_src[hi]
+    return SongMotion(path=Path(path), poses=poses, bad_frames=bad, missing_frames=0,
+                      frames_repaired=int(bad.sum()), nonfinite_values=int((~np.isfinite(raw)).sum()))
+
+
+def read_motion(path, fps=30, source_fps=AIST_SOURCE_FPS) -> SongMotion:
+    """Any motion file the pipeline reads: an EasyMocap smplfull.json (JustLMD, 30 fps) or an AIST++
+    motions/*.pkl (resampled from source_fps to fps)."""
+    if Path(path).suffix.lower() == ".pkl":
+        return aist_motion(path, fps, source_fps)
+    return song_motion(path)

@@ -38,7 +38,7 @@ import numpy as np
 from scipy.signal import argrelextrema
 
 from lm2a.metrics import gaussian_hit_mean, normalized_peaks
-from lm2a.motion import joint_speed
+from lm2a.motion import AIST_SOURCE_FPS, joint_speed
 
 # The papers' analysis protocol, NOT our mel config: their scripts librosa.load every wav at librosa's
 # default 22050 Hz and detect onsets with librosa's default hop 512, whatever the vocoder's rate and hop.
@@ -53,7 +53,7 @@ LORIS_PEAKS = dict(pre_max=3, post_max=3, pre_avg=3, post_avg=3, delta=0.2, wait
 ONSET_PAD_MODE = "constant"
 BIN_RATES = {"1s": 1, "5hz": 5}   # key suffix -> bins per second
 MOTION_FPS = 30         # our motion frame rate
-AIST_FPS = 60           # AIST++ motion (and audio-feature) frame rate
+AIST_FPS = AIST_SOURCE_FPS  # AIST++ motion (and audio-feature) frame rate, 60
 AIST_ORDER = 10         # argrelextrema neighbourhood of AIST++'s motion beats, in 60 fps frames
 AIST_HOP = 512          # AIST++ analyses audio at sr = fps * 512 so one audio frame is one motion frame
 AIST_TIGHTNESS = 100    # librosa.beat.beat_track tightness in AIST++'s music beats

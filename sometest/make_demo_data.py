@@ -157,16 +157,27 @@ def beat_phase(t: np.ndarray, bpm: float, phase0: float, drift_period: float, dr
     return phase0 + bpm / 60.0 * (t + TEMPO_DRIFT / w * (np.cos(drift_phase) - np.cos(w * t + drift_phase)))
 
 
+def draw_tempo(rng: np.random.Generator) -> tuple:
+    """A song's tempo: (bpm, drift_period, drift_phase, phase0) for beat_phase."""
+    bpm = float(rng.uniform(*BPM_RANGE))
+    drift_period, drift_phase, phase0 = rng.uniform(15, 30), rng.uniform(0, 2 * np.pi), rng.uniform(0, 1)
+    return bpm, drift_period, drift_phase, phase0
+
+
 def make_motion(rng: np.random.Generator, t0: float, seconds: float):
-    """Beat-locked SMPL motion from t0 to the end of the audio.
+    """Beat-locked SMPL motion from t0 to the end of the audio, at a tempo drawn here (dance_to_tempo)."""
+    return dance_to_tempo(rng, draw_tempo(rng), t0, seconds)
+
+
+def dance_to_tempo(rng: np.random.Generator, tempo: tuple, t0: float, seconds: float, fps: float = FPS):
+    """Beat-locked SMPL motion from t0 to `seconds` at `tempo` (draw_tempo), `fps` frames per second.
 
     Returns (frames (F, 78) = [poses 72 | Th 3 | Rh 3], shapes (10,), beats dict). Pose k is reached
     exactly at beat k with zero velocity (cosine ease between hit poses), so speed minima = beats.
     """
-    bpm = float(rng.uniform(*BPM_RANGE))
-    drift_period, drift_phase, phase0 = rng.uniform(15, 30), rng.uniform(0, 2 * np.pi), rng.uniform(0, 1)
-    n_frames = int(np.floor((seconds - t0) * FPS)) + 1
-    frame_t = t0 + np.arange(n_frames) / FPS
+    bpm, drift_period, drift_phase, phase0 = tempo
+    n_frames = int(np.floor((seconds - t0) * fps)) + 1
+    frame_t = t0 + np.arange(n_frames) / fps
     phase = beat_phase(frame_t, bpm, phase0, drift_period, drift_phase)     # (F,)
     k_first, k_last = int(np.floor(phase[0])), int(np.floor(phase[-1])) + 1
     n_poses = k_last - k_first + 1
