@@ -6,6 +6,12 @@ Clips of one song share singer, mix and dance style; splitting clips at random w
 of training clips in the test set. The split is seeded: the same seed gives the same split. Writes
 OUT/{train,val,test}/ (copies by default; --link hard-links, --move moves), OUT/{train,val,test}.txt
 and OUT/split.json. Refuses a non-empty OUT without --force.
+
+A clip's song is its npz's `song` key (AIST++: the music id, danced by many sequences), else the
+name's part before `__` (JustLMD). AIST++ clips have presets: `--preset aistpp` is the official
+music-held-out split (clips of the held-out music ids go to val/test, their sequences divided half
+and half, all others to train; --ratios unused); `--preset aistpp-random` is a seeded random split
+by sequence with --ratios, as several papers used: music ids leak between sets (split.json counts them).
 """
 import argparse
 import json
@@ -18,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lm2a.clipio import list_clip_files, song_of_clip
+from tqdm import tqdm
+
+from lm2a.aistpp import HELD_OUT_MUSIC  # AIST++'s music-held-out test/val music
+from lm2a.clipio import clip_sequence, clip_song, list_clip_files
 
 # ---- defaults (edit here or pass --flag) --------------------------------------------------------
 NPZ_DIR = "data/lm2a/clips"   # stage-1 clips
@@ -27,8 +36,11 @@ BY = "song"                   # "song": no song in two sets; "clip": plain shuff
 SEED = 42                     # same seed, same split
 RATIOS = "0.7,0.2,0.1"        # train, val, test
 MODE = "copy"                 # copy | link | move
+PRESET = None                 # None | "aistpp" (official music-held-out split) | "aistpp-random"
 SEARCH_ORDERS = 256           # seeded song orders tried by the song splitter; the most balanced wins
 SETS = ("train", "val", "test")
+PRESETS = ("aistpp", "aistpp-random")
+PROGRESS_FROM = 300           # a progress bar while reading more clip files than this
 
 
 def _deviation(sizes, targets):
@@ -80,17 +92,64 @@ def split_by_clip(n, ratios, seed):
     return assign
 
 
-def make_split(files, by="song", ratios=(0.7, 0.2, 0.1), seed=SEED):
-    """-> {set name: [paths]} ."""
-    if by == "song":
-        sizes = Counter(song_of_clip(p) for p in files)
-        song_set = split_by_song(sizes, ratios, seed)
-        idx = [song_set[song_of_clip(p)] for p in files]
+def split_aistpp(songs, sequences, seed, held_out=HELD_OUT_MUSIC, where="clips"):
+    """AIST++'s music-held-out split. songs, sequences: one per clip -> set index per clip. Clips of a
+    held-out music id go to val or test, the others to train; the sequences of each held-out music id
+    are divided, seeded, half to val and half to test (the odd one, or a lone one, to test)."""
+    held = sorted({(m, q) for m, q in zip(songs, sequences) if m in held_out})
+    if not held:
+        found = sorted(set(songs))
+        shown = ", ".join(found[:10]) + (f", ... ({len(found)} in all)" if len(found) > 10 else "")
+        raise ValueError(f"{where}: --preset aistpp found no clip of a held-out AIST++ music id "
+                         f"({' '.join(held_out)}), only songs {shown}: not AIST++ clips? split them "
+                         f"without --preset")
+    rng = np.random.default_rng(seed)
+    seq_set = {}
+    for music in sorted({m for m, _ in held}):
+        seqs = [q for m, q in held if m == music]
+        for k, i in enumerate(rng.permutation(len(seqs))):
+            seq_set[(music, seqs[i])] = 1 if k < len(seqs) // 2 else 2
+    return [seq_set.get((m, q), 0) for m, q in zip(songs, sequences)]
+
+
+def split_by_group(groups, ratios, seed):
+    """groups: one name per clip -> set index per clip; whole groups shuffled (split_by_clip on them)."""
+    names = sorted(set(groups))
+    group_set = dict(zip(names, split_by_clip(len(names), ratios, seed)))
+    return [int(group_set[g]) for g in groups]
+
+
+def make_split(files, by="song", ratios=(0.7, 0.2, 0.1), seed=SEED, preset=None, songs=None):
+    """-> {set name: [paths]}. `songs` {path: clip_song(path)} when already read; `preset` overrides `by`."""
+    songs = songs if songs is not None else read_songs(files)
+    song_list = [songs[p] for p in files]
+    if preset == "aistpp":
+        idx = split_aistpp(song_list, [clip_sequence(p) for p in files], seed,
+                           where=Path(files[0]).parent if files else "clips")
+    elif preset == "aistpp-random":
+        idx = split_by_group([clip_sequence(p) for p in files], ratios, seed)
+    elif preset is not None:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    elif by == "song":
+        song_set = split_by_song(Counter(song_list), ratios, seed)
+        idx = [song_set[s] for s in song_list]
     elif by == "clip":
         idx = split_by_clip(len(files), ratios, seed)
     else:
         raise ValueError(f"--by must be 'song' or 'clip', got {by!r}")
     return {name: [p for p, j in zip(files, idx) if j == k] for k, name in enumerate(SETS)}
+
+
+def read_songs(files):
+    """{path: clip_song(path)}, each file read once (a progress bar for many files)."""
+    bar = tqdm(files, desc="songs", unit="clip", disable=len(files) <= PROGRESS_FROM, leave=False)
+    return {p: clip_song(p) for p in bar}
+
+
+def song_leaks(sets, songs):
+    """Number of songs with clips in more than one set."""
+    where = Counter(s for paths in sets.values() for s in {songs[p] for p in paths})
+    return sum(1 for n in where.values() if n > 1)
 
 
 def place(src, dst, mode):
@@ -122,15 +181,50 @@ def build_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--npz_dir", default=NPZ_DIR)
     p.add_argument("--out_dir", default=OUT_DIR)
-    p.add_argument("--by", choices=("song", "clip"), default=BY)
+    p.add_argument("--by", choices=("song", "clip"), default=BY, help="ignored with --preset")
+    p.add_argument("--preset", choices=PRESETS, default=PRESET,
+                   help="AIST++ splits: aistpp = official music-held-out split (ignores --ratios), "
+                        "aistpp-random = seeded split by sequence with --ratios (music ids leak)")
     p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--ratios", default=RATIOS, help="train,val,test")
+    p.add_argument("--ratios", default=RATIOS, help="train,val,test (unused by --preset aistpp)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--link", dest="mode", action="store_const", const="link", help="hard-link files")
     g.add_argument("--move", dest="mode", action="store_const", const="move", help="move files")
     p.set_defaults(mode=MODE)
     p.add_argument("--force", action="store_true", help="write into a non-empty out_dir (replaces sets)")
     return p
+
+
+def prepare_out(out, force):
+    """Refuses a non-empty `out` unless `force`; with it, removes the old split's sets and lists."""
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise ValueError(f"{out}: not empty; pass --force to replace its split, or choose another --out_dir")
+        for name in SETS:
+            shutil.rmtree(out / name, ignore_errors=True)
+            (out / f"{name}.txt").unlink(missing_ok=True)
+
+
+def write_split(sets, songs, out, args, ratios):
+    """Places the files, writes the lists and split.json; -> the summary dict."""
+    by = "sequence" if args.preset else args.by
+    summary = {"npz_dir": str(Path(args.npz_dir).resolve()), "preset": args.preset, "by": by,
+               "seed": args.seed, "ratios": None if args.preset == "aistpp" else ratios,
+               "mode": args.mode, "sets": {}}
+    if args.preset == "aistpp":
+        summary["held_out_music"] = list(HELD_OUT_MUSIC)
+    if args.preset == "aistpp-random":
+        summary["leaks"] = {"songs_in_several_sets": song_leaks(sets, songs),
+                            "note": "split by sequence at random: one music id can be in train and "
+                                    "val/test (as several papers did); --preset aistpp holds music out"}
+    for name, paths in sets.items():
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for p in paths:
+            place(p, out / name / p.name, args.mode)
+        (out / f"{name}.txt").write_text("".join(f"{p.name}\n" for p in paths))
+        summary["sets"][name] = {"clips": len(paths), "songs": sorted({songs[p] for p in paths})}
+    (out / "split.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def main(argv=None):
@@ -142,29 +236,23 @@ def main(argv=None):
         files = list_clip_files(args.npz_dir)
         if not files:
             raise ValueError(f"{args.npz_dir}: no clip .npz files (<song>__<start_ms>.npz); run preprocess.py")
-        if out.exists() and any(out.iterdir()):
-            if not args.force:
-                raise ValueError(f"{out}: not empty; pass --force to replace its split, or choose another --out_dir")
-            for name in SETS:
-                shutil.rmtree(out / name, ignore_errors=True)
-                (out / f"{name}.txt").unlink(missing_ok=True)
-        sets = make_split(files, args.by, ratios, args.seed)
+        songs = read_songs(files)
+        sets = make_split(files, args.by, ratios, args.seed, args.preset, songs)
+        prepare_out(out, args.force)  # after the split: a failed one leaves the old split as it was
     except (ValueError, FileNotFoundError) as e:
         print(f"newsplit_npz: error: {e}", file=sys.stderr)
         return 2
+    if args.preset == "aistpp" and args.ratios != RATIOS:
+        print(f"newsplit_npz: note: --ratios {args.ratios} unused: --preset aistpp sizes val/test by the "
+              f"held-out music", file=sys.stderr)
     n_other = sum(1 for p in Path(args.npz_dir).iterdir() if p.is_file()) - len(files)
-    summary = {"npz_dir": str(Path(args.npz_dir).resolve()), "by": args.by, "seed": args.seed,
-               "ratios": ratios, "mode": args.mode, "sets": {}}
-    for name, paths in sets.items():
-        (out / name).mkdir(parents=True, exist_ok=True)
-        for p in paths:
-            place(p, out / name / p.name, args.mode)
-        (out / f"{name}.txt").write_text("".join(f"{p.name}\n" for p in paths))
-        summary["sets"][name] = {"clips": len(paths), "songs": sorted({song_of_clip(p) for p in paths})}
-    (out / "split.json").write_text(json.dumps(summary, indent=2))
+    summary = write_split(sets, songs, out, args, ratios)
     desc = ", ".join(f"{k} {v['clips']} clips/{len(v['songs'])} songs" for k, v in summary["sets"].items())
+    how = f"preset {args.preset}" if args.preset else f"by {args.by}"
+    leak = (f"; {summary['leaks']['songs_in_several_sets']} songs (music ids) in several sets"
+            if "leaks" in summary else "")
     print(f"newsplit_npz: read {len(files)} clips ({n_other} other files ignored), wrote {desc} "
-          f"by {args.by} (seed {args.seed}, {args.mode}) -> {out} in {time.perf_counter() - t0:.1f} s")
+          f"{how} (seed {args.seed}, {args.mode}){leak} -> {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
