@@ -2,6 +2,8 @@
 
     python train.py --npz_dir split/train --val_npz_dir split/val --save_dir checkpoints
     python train.py ... --resume                  # continue from the newest checkpoint in save_dir
+    python train.py --npz_dir justlmd/train aist/train ...   # several clip folders trained on together
+    python train.py ... --init_from runs/pre      # a new run starting from another run's weights
     torchrun --nproc_per_node=4 train.py ...      # DDP, one process per GPU (gloo on CPU)
 
 Writes into --save_dir: step_XXXXXXXX.pt every --save_every steps (the last --keep of them are kept),
@@ -29,6 +31,19 @@ every setting from the checkpoint (model, diffusion, optimisation and the run's 
 length, validation, saving, samples): flags need not be repeated; a model or diffusion flag that
 contradicts it is an error, any other flag that changes a setting is applied and named in a note.
 
+Several --npz_dir folders (and --val_npz_dir folders) are one set: their clips must share the mel
+config and text encoder, the normalisation statistics are those of all training folders, and clips of
+different lengths (e.g. 2 s and 6 s clips) are trained on in batches of one length each
+(lm2a.training.EpochBatchSampler); the validation clips must share one length (the training-time
+samples compare them as one stack). Clips without lyrics (zero lyric tokens) get the learned null lyric.
+
+--init_from CKPT (a checkpoint file, or a run folder: its newest) starts a NEW run (step 0, a new
+optimizer and LR schedule, the settings of the flags) from that checkpoint's model and EMA weights,
+with its model and diffusion configuration (a flag that contradicts them is an error) and its
+normalisation statistics: the network's inputs then mean what they meant when it learned its weights,
+rather than being rescaled by the new data's statistics. The new run's checkpoints record it in
+train_args["init_from"] ({path, step}); --resume of such a run keeps the record.
+
 The constants below are the defaults of the configuration dataclasses (UNetConfig, DiffusionConfig,
 TrainConfig, RunConfig; tests/test_settings.py checks that they agree). The pieces (build_parts,
 train_step, validation_loss, the checkpoint layout) live in lm2a/training.py, the run's bookkeeping
@@ -55,15 +70,15 @@ from lm2a.config import add_config_flags, config_from_args, constants_for, flag_
 from lm2a.data import collate_fn, fixed_lyric_collate
 from lm2a.run import Run, check_clip_configs, prepare_save_dir, ranks_agree, setup_processes
 from lm2a.trained import trained_model
-from lm2a.training import (EpochSampler, RunConfig, RunState, StopFlag, TrainConfig, build_parts,
-                           ignore_sigint, restore_training, saved_settings, train_step)
+from lm2a.training import (EpochBatchSampler, RunConfig, RunState, StopFlag, TrainConfig, build_parts,
+                           ignore_sigint, restore_training, saved_settings, start_from_weights, train_step)
 from models.diffusion import DiffusionConfig
 from models.motion_features import motion_feature_dim
 from models.unet1d_ultimate import UNetConfig
 
 # ---- data and output (RunConfig)
-NPZ_DIR = "split/train"        # training clips (stage 2 output)
-VAL_NPZ_DIR = "split/val"      # validation clips; "" = no validation
+NPZ_DIR = ("split/train",)     # training clip folders (stage 2 output): one or several
+VAL_NPZ_DIR = ("split/val",)   # validation clip folders; "" = no validation
 SAVE_DIR = "checkpoints"       # checkpoints, train_log.csv and TensorBoard events
 # ---- length of the run (RunConfig)
 EPOCHS = 100                   # passes over the training set (used when MAX_STEPS is 0)
@@ -139,6 +154,8 @@ def build_parser():
         add_config_flags(p, cls, constants_for(cls, globals()), unset=True, title=title)
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="no value: newest checkpoint in --save_dir; or a checkpoint file/folder")
+    p.add_argument("--init_from", default=None,
+                   help="a new run from this checkpoint's weights (file, or a run folder: its newest)")
     p.add_argument("--force", action="store_true",
                    help="start fresh although --save_dir holds checkpoints (deletes them)")
     p.add_argument("--device", default=DEVICE)
@@ -149,23 +166,24 @@ def build_parser():
 # ---------------------------------------------------------------------------------------------
 # settings: the constants above, the checkpoint's on --resume, and the flags over them
 
-def resolve_configs(args, resumed, lyric_dim):
-    """(UNetConfig, DiffusionConfig): the checkpoint's on resume (`resumed`: its TrainedModel; a flag
-    that contradicts it is an error), else the flags over the constants above."""
-    if resumed is None:
+def resolve_configs(args, source, lyric_dim, flag="--resume"):
+    """(UNetConfig, DiffusionConfig): the checkpoint's on --resume or --init_from (`source`: its
+    TrainedModel, `flag` the one that named it; a flag that contradicts it is an error), else the flags
+    over the constants above."""
+    if source is None:
         model_base = UNetConfig(lyric_dim=lyric_dim, **constants_for(UNetConfig, globals()))
         diffusion_base = DiffusionConfig(**constants_for(DiffusionConfig, globals()))
     else:
-        model_base, diffusion_base = resumed.model_config, resumed.diffusion_config
+        model_base, diffusion_base = source.model_config, source.diffusion_config
         for base in (model_base, diffusion_base):
             for name, have in vars(base).items():
                 given = getattr(args, name, None)
                 if given is not None and given != have:
-                    raise SystemExit(f"train.py: {resumed.path} was trained with {name}={have}; "
-                                     f"--{name} {given} cannot change it on --resume")
+                    raise SystemExit(f"train.py: {source.path} was trained with {name}={have}; "
+                                     f"--{name} {given} cannot change it on {flag}")
     diffusion_cfg = config_from_args(DiffusionConfig, args, diffusion_base)
     model_cfg = config_from_args(UNetConfig, args, model_base)
-    if resumed is None:  # the network's motion input follows the chosen motion features
+    if source is None:  # the network's motion input follows the chosen motion features
         model_cfg = replace(model_cfg, motion_dim=motion_feature_dim(diffusion_cfg.motion_features))
     return model_cfg, diffusion_cfg
 
@@ -195,30 +213,64 @@ def checkpoint_to_resume(args, log):
     return ckpt
 
 
+def checkpoint_to_init_from(args):
+    """The checkpoint dict --init_from names (None without it)."""
+    if args.init_from is None:
+        return None
+    if args.resume is not None:
+        raise SystemExit("train.py: --init_from starts a new run from another run's weights and --resume "
+                         "continues the run in --save_dir: give one of them")
+    try:
+        ckpt = load_checkpoint(args.init_from, map_location="cpu")
+    except FileNotFoundError as e:
+        raise SystemExit(f"train.py: --init_from: {e}")
+    if Path(ckpt["_path"]).resolve().parent == Path(args.save_dir).resolve():
+        raise SystemExit(f"train.py: --init_from {ckpt['_path']} lies in --save_dir {args.save_dir}, where "
+                         f"the new run writes (and --force deletes): choose another --save_dir")
+    return ckpt
+
+
+def lineage(init, resumed_ckpt):
+    """train_args["init_from"] of the new checkpoints: {path, step} of the --init_from checkpoint, the
+    resumed run's own record on --resume, else None."""
+    if init is not None:
+        return {"path": str(Path(init["_path"]).resolve()), "step": int(init["step"])}
+    return (resumed_ckpt.get("train_args") or {}).get("init_from") if resumed_ckpt is not None else None
+
+
 # ---------------------------------------------------------------------------------------------
 # setup
 
-def load_data(run_cfg, resumed, bars):
-    """(train set, val set or None, the clips' MelConfig), checked against the resumed TrainedModel."""
+def load_data(run_cfg, source, bars):
+    """(train set, val set or None, the clips' MelConfig): the union of each split's folders, checked
+    against each other and against the checkpoint (`source`: the TrainedModel resumed or initialised
+    from)."""
+    if not run_cfg.npz_dir:
+        raise SystemExit("train.py: --npz_dir names no folder: give one or more folders of training clips")
     train_ds = MelDataset(run_cfg.npz_dir, progress=bars)
     val_ds = MelDataset(run_cfg.val_npz_dir, progress=bars) if run_cfg.val_npz_dir else None
-    mel_config = check_clip_configs(train_ds, val_ds, resumed)
+    if val_ds is not None and len(set(val_ds.mel_lengths())) > 1:
+        raise SystemExit(f"train.py: validation clips of different lengths: {val_ds.describe()}; the "
+                         f"training-time samples compare them as one stack: validate on clips of one "
+                         f"length (cut them with one preprocess.py --clip_seconds value)")
+    mel_config = check_clip_configs(train_ds, val_ds, source)
     return train_ds, val_ds, mel_config
 
 
-def norm_stats_for(train_ds, resumed):
-    """The checkpoint's statistics on resume, else those of the TRAIN split only."""
-    if resumed is not None:
-        return resumed.norm_stats
+def norm_stats_for(train_ds, source):
+    """The checkpoint's statistics on --resume and --init_from (the network's inputs keep the meaning
+    its weights learned), else those of the TRAIN split only (all its folders)."""
+    if source is not None:
+        return source.norm_stats
     return {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in train_ds.stats().items()
             if k != "frames"}
 
 
-def make_loader(train_ds, sampler, train_cfg, run_cfg, device):
+def make_loader(train_ds, sampler, run_cfg, device):
     # a fixed lyric length under torch.compile: one shape, no recompiles
     collate = fixed_lyric_collate(train_ds.max_lyric_tokens()) if run_cfg.compile else collate_fn
     return torch.utils.data.DataLoader(
-        train_ds, batch_size=train_cfg.batch_size, sampler=sampler, collate_fn=collate,
+        train_ds, batch_sampler=sampler, collate_fn=collate,
         num_workers=run_cfg.num_workers, pin_memory=device.type == "cuda",
         worker_init_fn=ignore_sigint if run_cfg.num_workers > 0 else None)
 
@@ -240,8 +292,9 @@ def describe_setup(parts, model_cfg, diffusion_cfg, train_ds, val_ds, per_epoch,
     return (f"train.py: UNet1D_ultimate {sum(p.numel() for p in parts.model.parameters()) / 1e6:.2f}M "
             f"parameters (base_dim {model_cfg.base_dim}, dim_mults {','.join(map(str, model_cfg.dim_mults))}, "
             f"cond_dim {model_cfg.cond_dim}; {diffusion_cfg.objective} objective, {diffusion_cfg.motion_features} "
-            f"motion features); {len(train_ds)} train / {len(val_ds) if val_ds else 0} val "
-            f"clips; {per_epoch} steps per epoch x {world} process(es); {total_steps} steps; "
+            f"motion features); {len(train_ds)} train clips: {train_ds.describe()}; "
+            f"{len(val_ds) if val_ds else 0} val clips{': ' + val_ds.describe() if val_ds else ''}; "
+            f"{per_epoch} steps per epoch x {world} process(es); {total_steps} steps; "
             f"device {parts.device}, amp {parts.config.amp} -> {parts.amp_name}{' + GradScaler' if parts.scaler else ''}")
 
 
@@ -263,31 +316,47 @@ def resume_state(ckpt, parts, sampler, changed, run_changed, world, log):
     return state
 
 
+def describe_init(init):
+    return (f"train.py: a new run from the weights of {init['_path']} (step {init['step']}), with its model "
+            f"and diffusion configuration and its normalisation statistics (the network's inputs mean what "
+            f"they meant when it learned its weights); a new optimizer and LR schedule from step 0")
+
+
 def setup(args, rank, world, device, log):
-    """Everything before the first step: the checkpoint to resume, the settings, the data (train
-    statistics), the run's parts and counters. -> (run, loader, sampler, total_steps)."""
+    """Everything before the first step: the checkpoint to resume or to start from (--init_from),
+    the settings, the data (train statistics), the run's parts and counters.
+    -> (run, loader, sampler, total_steps)."""
     is_main = rank == 0
+    init = checkpoint_to_init_from(args)
     ckpt = checkpoint_to_resume(args, log)
-    resumed = trained_model(ckpt) if ckpt is not None else None
+    source_ckpt = ckpt if ckpt is not None else init
+    source = trained_model(source_ckpt) if source_ckpt is not None else None
+    # the checkpoint's configs (a contradicting flag is refused) before anything is written
+    configs = resolve_configs(args, source, None, "--resume" if init is None else "--init_from") \
+        if source is not None else None
     (train_cfg, changed), (run_cfg, run_changed) = (resolve_settings(cls, args, ckpt) for cls in SETTINGS)
     save_dir = prepare_save_dir(args.save_dir, args.resume, args.force, is_main)
     if world > 1:
         torch.distributed.barrier()
     random.seed(train_cfg.seed)
     np.random.seed(train_cfg.seed)
-    train_ds, val_ds, mel_config = load_data(run_cfg, resumed, is_main and not args.no_progress)
-    model_cfg, diffusion_cfg = resolve_configs(args, resumed, train_ds.lyric_dim)
-    sampler = EpochSampler(len(train_ds), train_cfg.batch_size, train_cfg.seed, rank, world)
+    train_ds, val_ds, mel_config = load_data(run_cfg, source, is_main and not args.no_progress)
+    model_cfg, diffusion_cfg = configs or resolve_configs(args, None, train_ds.lyric_dim)
+    sampler = EpochBatchSampler(train_ds.mel_lengths(), train_cfg.batch_size, train_cfg.seed, rank, world)
     total_steps = run_cfg.total_steps(sampler.batches_per_epoch)
-    parts = build_parts(model_cfg, diffusion_cfg, train_cfg, norm_stats_for(train_ds, resumed), device,
+    parts = build_parts(model_cfg, diffusion_cfg, train_cfg, norm_stats_for(train_ds, source), device,
                         total_steps, net_wrapper(run_cfg, world, device), rank, world)
     state = resume_state(ckpt, parts, sampler, changed, run_changed, world, log)
+    if init is not None:
+        start_from_weights(init, parts)
+        log(describe_init(init))
     meta = dict(mel_config=mel_config, text_encoder={"name": train_ds.text_encoder, "dim": train_ds.lyric_dim},
-                train_args=dict(vars(args), **asdict(train_cfg), **asdict(run_cfg)))  # the settings in force
+                train_args=dict(vars(args), **asdict(train_cfg), **asdict(run_cfg),  # the settings in force
+                                init_from=lineage(init, ckpt)))
     log(describe_setup(parts, model_cfg, diffusion_cfg, train_ds, val_ds, sampler.batches_per_epoch, world,
                        total_steps))
     run = Run(parts, state, save_dir, val_ds, meta, run_cfg, args.resume is not None, is_main)
-    return run, make_loader(train_ds, sampler, train_cfg, run_cfg, device), sampler, total_steps
+    return run, make_loader(train_ds, sampler, run_cfg, device), sampler, total_steps
 
 
 # ---------------------------------------------------------------------------------------------

