@@ -2,6 +2,7 @@
 page links exists, every wav has its clip's length, the summary table holds the reference rows, the
 attention maps exist; the rhythm scores in per_clip.csv are those of the wav files val.py wrote (so
 anyone can recompute them from OUT/audio/); recording attention leaves the network's output as it is."""
+import html
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,6 +14,7 @@ import soundfile as sf
 import torch
 
 import val
+from lm2a import fieldtable as FT
 from lm2a import report as REP
 from lm2a import rhythm as R
 from lm2a.lyrics import DEFAULT_TEXT_ENCODER
@@ -184,6 +186,27 @@ def test_rhythm_rows_are_those_of_the_written_wavs(run):
     assert summary["counts"]["rows"] == {k: 4 for k in kinds}
 
 
+def test_field_table_is_written_beside_summary_and_shown(run):
+    """OUT/field_table.md is summary.json's "field_table" (lm2a/fieldtable.py, tests/test_fieldtable.py),
+    with a row per reference row and the protocol of this run; report.html shows it and the summary
+    line names it."""
+    out = run["out"]
+    summary = json.loads((out / "summary.json").read_text())
+    text = (out / FT.FIELD_TABLE_FILE).read_text(encoding="utf-8")
+    assert text == summary["field_table"] and summary["field_table_file"] == FT.FIELD_TABLE_FILE
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0][2:] for line in lines[1:]] == list(FT.ROWS.values())
+    model = lines[1].strip("| ").split(" | ")
+    assert model[-1] == f"{summary['rhythm']['model']['bas_aist']['mean']:.4f}"
+    assert model[7] == f"{100 * summary['rhythm']['model']['f1_loris_1s']['of_means']:.1f}"
+    assert f"{MEL_FRAMES * HOP / SR:.2f} s each ({MEL_FRAMES} mel frames" in text
+    assert "Split: unknown split (no split.json above the `test` folder)" in text
+    assert "Griffin-Lim (2 iterations, seed 0)" in text
+    assert summary["field_protocol"]["split"]["set"] == "test"
+    assert html.escape(text) in (out / "report.html").read_text(encoding="utf-8")
+    assert val.summary_line(summary, out).endswith(f", {out / FT.FIELD_TABLE_FILE} (the papers' table)")
+
+
 def test_recording_attention_leaves_outputs_unchanged():
     torch.manual_seed(0)
     model = UNet1D_ultimate(**TINY).eval()
@@ -248,4 +271,5 @@ def test_bigvgan_vocoder_and_no_audio(run, tmp_path):
     assert not (out2 / "audio").exists()
     text = (out2 / "report.html").read_text(encoding="utf-8")
     assert "<audio" not in text and "no waveform metrics" in text.lower()
+    assert "no field table: --no_audio_metrics" in text and not (out2 / FT.FIELD_TABLE_FILE).exists()
     assert json.loads((out2 / "summary.json").read_text())["rhythm"] is None
