@@ -25,6 +25,13 @@ holding them, off by default: RESULTS.md): --overlap, --crossfade,
 whole mel (80, T), the window layout, settings, provenance) and <name>_full.png (generated above
 real, window boundaries marked); testwav.py turns it into one wav. --batch_size = dances in parallel.
 
+Clips longer than the model's window (--npz / --npz_dir; e.g. preprocess.py --clip_seconds 0 writes
+one clip per whole AIST++ dance, 10-30 s): a clip more than a few frames longer than --window (6 s, the
+model's clip length: the checkpoint does not record it) is generated the same way, in overlapping
+windows each continuing the previous output, from the clip's own motion and lyric (lm2a.longform.
+generate_clips); its <name>_gen.npz has the clip's mel length and also records the window layout
+(window_starts, window_frames, ...). Clips up to the window's length are one network call, as before.
+
 Determinism: every clip draws its noise (initial and, for DDPM / DDIM eta > 0, per step) from its
 own CPU torch.Generator seeded by (--seed, clip name), so a clip's mel does not depend on which
 other clips are in the folder, on --batch_size or on --max_clips, and re-runs are identical (on
@@ -42,9 +49,9 @@ from lm2a.checkpoint import CheckpointError
 from lm2a.clipio import list_clip_files
 from lm2a.config import add_config_flags, add_sampling_flags, config_from_args, constants_for
 from lm2a.device import pick_device, resolve_precision
-from lm2a.generate import check_settings, describe_settings, generate_for_items, load_clips, raw_item
-from lm2a.longform import (FULL_GEN_SUFFIX, LongformConfig, generate_dances, load_dance, plot_longform,
-                           write_longform)
+from lm2a.generate import check_settings, describe_settings, load_clips, raw_item
+from lm2a.longform import (FULL_GEN_SUFFIX, LongformConfig, generate_clips, generate_dances, load_dance,
+                           plot_longform, window_frames, write_longform)
 from lm2a.timeline import MOTION_T0_RULES
 from lm2a.trained import load_model
 from models.diffusion import SamplingConfig
@@ -67,7 +74,7 @@ SECONDS = 6.0                  # raw input: clip length (the model was trained o
 FPS = 30                       # raw input: motion frame rate of smplfull.json
 MOTION_T0 = 0.0                # raw input: song time (s) of motion frame 0 (stage 1: first lyric key)
 MOTION_T0_RULE = "first_lyric" # whole dance with a lyric timeline: motion frame 0 at its first key
-WINDOW = 6.0                   # whole dance: window length (s), the model's clip length
+WINDOW = 6.0                   # whole dance and longer clips: window length (s), the model's clip length
 OVERLAP = 1.0                  # whole dance: overlap of consecutive windows (s)
 CROSSFADE = 0.0                # whole dance: crossfade (s) at the end of each overlap (0: none, measured best)
 CONTINUATION = True            # whole dance: each window continues the previous output (False: naive)
@@ -82,7 +89,8 @@ def build_parser():
     src = p.add_mutually_exclusive_group()
     src.add_argument("--npz", help="one clip npz")
     src.add_argument("--npz_dir", help=f"a folder of clip npz files (default {NPZ_DIR})")
-    src.add_argument("--motion", help="raw input: an EasyMocap smplfull.json (with --lyrics, --start)")
+    src.add_argument("--motion", help="raw input: an EasyMocap smplfull.json (with --lyrics, --start) or an "
+                                        "AIST++ motions/<sequence>.pkl (60 fps, resampled; frame 0 at 0 s)")
     src.add_argument("--song", nargs="+", metavar="SONG_DIR",
                      help="whole dance: JustLMD song folder(s) (smplfull.json, sliced.json, audio.wav)")
     p.add_argument("--lyrics", help="raw input: the lyric line sung in the clip (whole dance: in every window)")
@@ -102,7 +110,8 @@ def build_parser():
     p.add_argument("--max_clips", type=int, default=MAX_CLIPS, help="first N clips only (0 = all)")
     p.add_argument("--no_png", action="store_true", help="skip the per-clip png")
     add_sampling_flags(p, globals())
-    add_config_flags(p, LongformConfig, constants_for(LongformConfig, globals()), title="whole dance")
+    add_config_flags(p, LongformConfig, constants_for(LongformConfig, globals()),
+                     title="whole dance, and clips longer than --window")
     return p
 
 
@@ -218,15 +227,27 @@ def report_skipped(skipped, shown=5):
         print(f"sample.py: ... and {len(skipped) - shown} more skipped clips", file=sys.stderr)
 
 
+def windowed_part(results, longform, info):
+    """'; 2 clips longer than the 516-frame window generated in 9 windows (overlap 1 s)', or ''."""
+    plans = [r["plan"] for r in results if "plan" in r]
+    if not plans:
+        return ""
+    return (f"; {len(plans)} clip(s) longer than the {window_frames(info.mel_config, longform)}-frame window "
+            f"generated in {sum(len(p['starts']) for p in plans)} windows (overlap {longform.overlap:g} s)")
+
+
 def run_clips(args, settings, diffusion, info, items, n_read, skipped, t_start):
-    """Generation for clips (--npz, --npz_dir, raw --motion): <name>_gen.npz + png. -> exit code."""
+    """Generation for clips (--npz, --npz_dir, raw --motion): <name>_gen.npz + png; a clip longer than
+    the model's window (--window) in windows (lm2a.longform.generate_clips). -> exit code."""
     report_skipped(skipped)
+    longform = config_from_args(LongformConfig, args)
     t_gen = time.perf_counter()
-    results = generate_for_items(diffusion, info, items, settings, args.out_dir, png=not args.no_png,
-                                 progress=not args.quiet, step_progress=not args.quiet)
+    results = generate_clips(diffusion, info, items, settings, longform, args.out_dir, png=not args.no_png,
+                             progress=not args.quiet, step_progress=not args.quiet)
     gen_seconds = time.perf_counter() - t_gen
     per_clip = f"{gen_seconds / len(results):.2f} s/clip" if results else "n/a s/clip"
-    print(f"sample.py: read {n_read} clips, wrote {len(results)}, skipped {len(skipped)}; "
+    print(f"sample.py: read {n_read} clips, wrote {len(results)}, skipped {len(skipped)}"
+          f"{windowed_part(results, longform, info)}; "
           f"{describe_settings(settings)}, {info.weights_label} weights of step {info.step}; "
           f"{time.perf_counter() - t_start:.1f} s ({per_clip}) -> {args.out_dir}")
     return 0 if results else 1
@@ -239,8 +260,7 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         settings = config_from_args(SamplingConfig, args)
         whole = whole_dance_mode(args)
-        if whole:
-            config_from_args(LongformConfig, args)  # checks the window settings before loading anything
+        config_from_args(LongformConfig, args)  # checks the window settings before loading anything
     except ValueError as e:
         err(str(e))
         return 2

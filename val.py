@@ -40,15 +40,28 @@ beside the Fréchet distances, and the summary line and report.html show them be
 Writes per_clip.csv, summary.json (mean/std/median of every metric per row, the rhythm scores as the
 papers summarise them, Fréchet distances, music-likeness, counts, settings, seeds), report.html (lm2a/report.py:
 tables, audio players, mels, cross-attention maps, settings), mel_pairs.png, metrics_bars.png and
-hist_metrics.png to --out_dir. The work is in lm2a/evaluation.py; this file is its command line.
+hist_metrics.png to --out_dir, and with the waveform metrics field_table.md (lm2a/fieldtable.py): the rhythm
+rows as the papers print them (BCS/BHS, cover/CSD/hit/HSD/F1 at 1 s bins, the 0.2 s variant, BAS) under
+the protocol they hold for (clip length, split from split.json above --npz_dir, vocoder, onset settings),
+Markdown ready for a paper, also in summary.json's "field_table" and report.html. The work is in
+lm2a/evaluation.py; this file is its command line.
+
+Whole sequences (e.g. preprocess.py --clip_seconds 0: one clip per whole AIST++ dance, 10-30 s): a clip
+more than a few frames longer than --window (the model's clip length, 6 s; the checkpoint does not record
+it) is generated in overlapping windows, each continuing the previous output (lm2a/longform.py, as
+sample.py does), and scored per sequence (the rows above, on the whole mel and audio) and per window:
+every clip's real and generated mels and audio cut into consecutive --window windows (a last piece
+shorter than half a window dropped), each scored like a clip: summary.json's "per_window" (rows, rhythm),
+per_window.csv, field_table_per_window.md, a section of report.html and a part of the summary line.
 """
 import argparse
 import math
 import sys
 from pathlib import Path
 
-from lm2a.config import add_sampling_flags, config_from_args
+from lm2a.config import add_config_flags, add_sampling_flags, config_from_args, constants_for
 from lm2a.evaluation import EvalOptions, evaluate
+from lm2a.longform import LongformConfig
 from lm2a.musicality import FIGURES as MUSIC_FIGURES
 from models.diffusion import SamplingConfig
 
@@ -71,6 +84,12 @@ REPORT_CLIPS = 8               # clips shown (and playable) in report.html
 ATTENTION_CLIPS = 2            # clips with cross-attention maps in report.html
 ATTENTION_LAYER = ""           # cross-attention block to draw ("" = lm2a.report.default_attention_layer)
 OTHER_SONGS_DIR = "auto"       # real clips of other songs, the Fréchet reference ("auto" = the train folder beside --npz_dir, "" = none)
+WINDOW = 6.0                   # the model's clip length (s): longer clips are generated in windows and scored per window too
+OVERLAP = 1.0                  # longer clips: overlap of consecutive windows (s)
+CROSSFADE = 0.0                # longer clips: crossfade (s) at the end of each overlap (0: none, measured best)
+CONTINUATION = True            # longer clips: each window continues the previous output (False: naive)
+LYRIC_MIN = 0.5                # (lyric timelines only; a clip has one lyric, in every window)
+LYRIC_PICK = "all"             # (lyric timelines only)
 
 
 def build_parser():
@@ -99,6 +118,8 @@ def build_parser():
                    help="cross-attention block to draw, e.g. up.1.attn (\"\" = highest-resolution up block)")
     p.add_argument("--plot_clips", type=int, default=PLOT_CLIPS, help="clips shown in mel_pairs.png")
     add_sampling_flags(p, globals())
+    add_config_flags(p, LongformConfig, constants_for(LongformConfig, globals()),
+                     title="clips longer than --window (generated in windows, scored per window too)")
     return p
 
 
@@ -120,9 +141,36 @@ def summary_line(summary, out_dir):
             f"{_fmt(mean('chance', 'onset_f1'))}; beat alignment model {_fmt(ba['model'])} / uncond "
             f"{_fmt(ba['uncond'])} / chance {_fmt(ba['chance'])} / shuffled {_fmt(ba['shuffled'])} / "
             f"real {_fmt(ba['real'])}; Fréchet model {_fmt(fd['model'], '.2f')} (real split-half "
-            f"{_fmt(fd['real_split_half'], '.2f')}{other_songs_part(fd)}){music_line(summary)}{rhythm_line(summary)}; "
-            f"{summary['seconds']['total']:.1f} s "
-            f"-> {Path(out_dir) / summary['report']}")
+            f"{_fmt(fd['real_split_half'], '.2f')}{other_songs_part(fd)}){music_line(summary)}{rhythm_line(summary)}"
+            f"{per_window_part(summary)}; {summary['seconds']['total']:.1f} s "
+            f"-> {Path(out_dir) / summary['report']}{field_table_part(summary, out_dir)}")
+
+
+def field_table_part(summary, out_dir):
+    """', <OUT>/field_table.md (the papers' table)', or why there is none."""
+    name = summary.get("field_table_file")
+    if name:
+        return f", {Path(out_dir) / name} (the papers' table)"
+    return f"; {summary['field_table_skipped']}" if summary.get("field_table_skipped") else ""
+
+
+def per_window_part(summary):
+    """'; per window (5.99 s, 9 windows of 3 sequences): MSE model x / chance y; onset F1 ...; LORIS F1
+    (0.2 s) ...', or '' when no clip is longer than the window."""
+    pw = summary.get("per_window")
+    if not pw:
+        return ""
+
+    def mean(kind, key):
+        return pw["rows"].get(kind, {}).get("metrics", {}).get(key, {}).get("mean")
+    kinds = [k for k in ("model", "uncond", "chance") if k in pw["rows"]]
+    part = (f"; per window ({pw['window_s']:.2f} s, {pw['windows']} windows of {pw['clips']} clips, "
+            f"{pw['sequences']} longer than a window): MSE " + " / ".join(f"{k} {_fmt(mean(k, 'mse'))}" for k in kinds)
+            + "; onset F1 " + " / ".join(f"{k} {_fmt(mean(k, 'onset_f1'))}" for k in kinds))
+    rhythm = pw.get("rhythm") or {}
+    f1 = " / ".join(f"{k} {_fmt(rhythm[k]['f1_loris_5hz']['mean'])}" for k in ("model", "uncond", "chance", "shuffled")
+                    if k in rhythm)
+    return part + (f"; LORIS F1 (0.2 s) {f1}" if f1 else "")
 
 
 def other_songs_part(frechet):
@@ -159,12 +207,13 @@ def options_from_args(args):
                        audio_metrics=not args.no_audio_metrics, vocoder=args.vocoder, gl_iters=args.gl_iters,
                        report_clips=args.report_clips, attention_clips=args.attention_clips,
                        attention_layer=args.attention_layer, plot_clips=args.plot_clips, use_ema=not args.no_ema,
-                       device=args.device, progress=not args.quiet, other_songs_dir=args.other_songs_dir)
+                       device=args.device, progress=not args.quiet, other_songs_dir=args.other_songs_dir,
+                       longform=config_from_args(LongformConfig, args))
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:   # CheckpointError and MelConfigError are ValueErrors
+    try:   # CheckpointError and MelConfigError are ValueErrors (and LongformConfig's checks)
         summary = evaluate(options_from_args(args), config_from_args(SamplingConfig, args))
     except (ValueError, FileNotFoundError) as e:
         print(f"val.py: error: {e}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Stage 5's library (val.py is its command line): generated log-mels scored against the real clips
-of a split, with reference rows, written as per_clip.csv, summary.json, plots and report.html.
+of a split, with reference rows, written as per_clip.csv, summary.json, plots, report.html and
+field_table.md (the rhythm scores as the dance-to-music papers print them, lm2a/fieldtable.py).
 
     summary = evaluate(EvalOptions(npz_dir="split/test", out_dir="val", ...), SamplingConfig())
 
@@ -9,12 +10,20 @@ against another clip's audio and motion), real (the real audio against its own m
 The model, uncond, chance and real rows also hold the music-likeness figures (lm2a/musicality.py) of
 their own mel: the generated, unconditional, other real and real clip; summary.json's
 `music_likeness` sets their means side by side with the Fréchet distances.
+
+Whole sequences (the field's long-clip protocol): a clip longer than the model's window
+(opts.longform.window; lm2a.longform.needs_windows) is generated in windows, each continuing the
+previous output (lm2a.longform.generate_clips), and scored twice: per sequence (the rows above, on the
+whole mel and audio) and per window: every evaluated clip's real and generated mels (and their vocoded
+audio) cut into consecutive non-overlapping windows of the model's length (a last piece shorter than
+half a window dropped), each scored like a clip with the same rows (summary.json's per_window,
+per_window.csv, field_table_per_window.md).
 """
 import csv
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +35,9 @@ from lm2a.checkpoint import CheckpointError
 from lm2a.clipio import ClipFileError, json_safe, list_clip_files, load_clip, write_text_atomic
 from lm2a.device import pick_device, resolve_precision
 from lm2a.evalplots import plot_histograms, plot_mel_pairs, plot_metric_bars
-from lm2a.generate import (GEN_SUFFIX, RECORD_KEYS, check_settings, generate_for_items, load_clips, read_generated,
-                           usable_items)
+from lm2a.fieldtable import FIELD_TABLE_FILE, field_table, protocol_from
+from lm2a.generate import GEN_SUFFIX, RECORD_KEYS, check_settings, load_clips, read_generated, usable_items
+from lm2a.longform import LongformConfig, generate_clips, needs_windows, window_frames
 from lm2a.musicality import FIGURES as MUSIC_FIGURES, music_figures
 from lm2a.rhythm import (METRIC_SOURCES, ONSET_PAD_MODE, PAPER_SR, RESOLUTION_NOTE, RHYTHM_KEYS, rhythm_scores,
                          summarize_rhythm)
@@ -47,6 +57,8 @@ PLOT_METRICS = tuple(m for m in METRICS if m not in ("beat_align_shuffled", "bea
                                                         "f1_loris_5hz", "bas_aist")))
 GEN_SETTING_KEYS = tuple(SamplingConfig.__dataclass_fields__) + RECORD_KEYS
 PLOTS = ("mel_pairs.png", "metrics_bars.png", "hist_metrics.png")
+WINDOW_SEP = "#w"                                  # per-window pieces are named <clip name>#w<k>
+WINDOW_FILES = ("per_window.csv", "field_table_per_window.md")
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,8 @@ class EvalOptions:
     progress: bool = True   # tqdm bars
     other_songs_dir: str = ""  # real clips of other songs: their Fréchet distance to the real set
                                # ("auto" = the train folder beside npz_dir, "" = none)
+    longform: LongformConfig = field(default_factory=LongformConfig)  # the model's window (clips longer are
+                               # generated in windows and scored per window too) and the window settings
 
 
 @dataclass
@@ -206,8 +220,8 @@ def model_row_generated(opts, settings, items, device):
         raise ValueError(problem)
     items, skipped = usable_items(items, info)
     skipped = [(Path(p).stem, reason) for p, reason in skipped]
-    results = generate_for_items(diffusion, info, items, settings, Path(opts.out_dir) / "generated", png=False,
-                                 progress=opts.progress, desc="model")
+    results = generate_clips(diffusion, info, items, settings, opts.longform, Path(opts.out_dir) / "generated",
+                             png=False, progress=opts.progress, desc="model")
     gens = {r["name"]: r["mel"] for r in results}
     model_settings = dict(asdict(settings), **checkpoint_record(info))
     return Generations(gens, model_settings, skipped, diffusion), settings, info
@@ -218,8 +232,8 @@ def add_uncond_row(opts, gen, info, items, settings, notes):
     to OUT/generated_uncond/; left None (with a note) when the checkpoint refuses some clips."""
     usable, _ = usable_items([it for it in items if it["name"] in gen.model], info)
     uncond_cfg = replace(settings, guidance=0.0)
-    results = generate_for_items(gen.diffusion, info, usable, uncond_cfg, Path(opts.out_dir) / "generated_uncond",
-                                 png=False, progress=opts.progress, desc="uncond")
+    results = generate_clips(gen.diffusion, info, usable, uncond_cfg, opts.longform,
+                             Path(opts.out_dir) / "generated_uncond", png=False, progress=opts.progress, desc="uncond")
     uncond = {r["name"]: r["mel"] for r in results}
     if len(uncond) != len(gen.model):
         notes.append(f"uncond row: {len(gen.model) - len(uncond)} clips refused by the checkpoint")
@@ -256,9 +270,10 @@ def evaluated_clips(items, gens, skipped):
 def waveforms(opts, clips, gen, device, notes):
     """The real, generated and uncond mels through one vocoder (lm2a.evalaudio), written to
     OUT/audio/<set>/<name>.wav -> (wav paths {set: {name: path}}, {set: {name: audio_rhythm}},
-    audio settings for summary.json); ({}, None, None) without opts.audio_metrics."""
+    audio settings for summary.json, the waveforms as read back {set: {name: wav}}); ({}, None, None,
+    None) without opts.audio_metrics."""
     if not opts.audio_metrics:
-        return {}, None, None
+        return {}, None, None, None
     configs = {c["mel_config"] for c in clips}
     if len(configs) > 1:
         raise ValueError(f"{opts.npz_dir}: the clips hold {len(configs)} different mel configs; one "
@@ -272,7 +287,7 @@ def waveforms(opts, clips, gen, device, notes):
     audio_settings.update(sample_rate=mel_cfg.sampling_rate,
                           wav="16-bit PCM, read back for the metrics", wav_dir=evalaudio.AUDIO_DIR,
                           analysis_rate=PAPER_SR, onset_pad_mode=ONSET_PAD_MODE)
-    return paths, analysis, audio_settings
+    return paths, analysis, audio_settings, wavs
 
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -410,6 +425,91 @@ def score_clips(clips, gen, audio, seed, references, progress, notes, other=None
     return Scores(pairs, rows, summarize_rows(rows), frechet_distances(clips, gen.model, gen.uncond, seed, other))
 
 
+# ---- per window -------------------------------------------------------------------------------
+def window_spans(n_frames, window):
+    """[(a, b)]: consecutive non-overlapping windows of `window` mel frames over n_frames; a last partial
+    window shorter than half a window is dropped."""
+    spans = [(a, min(a + window, n_frames)) for a in range(0, n_frames, window)]
+    return [(a, b) for a, b in spans if 2 * (b - a) >= window]
+
+
+def window_piece(clip, k, a, b):
+    """Window k (mel frames a..b) of an evaluated clip as a clip of its own, named <name>#w<k>: its mel,
+    its motion at fps over the same seconds, its start_s and the music figures of its mel."""
+    sr, hop, fps = int(clip["sr"]), int(clip["hop_length"]), float(clip["fps"])
+    fa, fb = (int(round(f * hop / sr * fps)) for f in (a, b))
+    mel = clip["mel"][:, a:b]
+    return dict(clip, name=f"{clip['name']}{WINDOW_SEP}{k}", mel=mel, motion=clip["motion"][fa:fb],
+                start_s=float(clip["start_s"]) + a * hop / sr, music=music_figures(mel, clip["mel_config"]))
+
+
+def cut_windows(clips, gen, wavs, window):
+    """Every evaluated clip cut into windows (window_spans) -> (pieces: window_piece clips, Generations
+    holding the model and uncond mels cut alike, the waveforms {set: {name: wav}} cut at the same
+    times: {set: {piece name: wav}}, {} without waveforms)."""
+    pieces, model, uncond = [], {}, {} if gen.uncond else None
+    cut = {kind: {} for kind in (wavs or {})}
+    for c in clips:
+        hop = int(c["hop_length"])
+        for k, (a, b) in enumerate(window_spans(c["mel"].shape[1], window)):
+            piece = window_piece(c, k, a, b)
+            pieces.append(piece)
+            name = piece["name"]
+            model[name] = gen.model[c["name"]][:, a:b]
+            if uncond is not None:
+                uncond[name] = gen.uncond[c["name"]][:, a:b]
+            for kind, named in (wavs or {}).items():  # real, generated, uncond: each named by its clip
+                if c["name"] in named:
+                    cut[kind][name] = named[c["name"]][a * hop:b * hop]
+    return pieces, Generations(model, {}, [], uncond=uncond), cut
+
+
+def score_windows(opts, clips, gen, wavs, seed):
+    """summary.json's per_window and its rows -> (per_window dict, rows, pieces), or (None, [], []) when
+    no clip is longer than the model's window (opts.longform)."""
+    window = window_frames(clips[0]["mel_config"], opts.longform)
+    sequences = sum(needs_windows(c["mel"].shape[1], window) for c in clips)
+    if not sequences:
+        return None, [], []
+    pieces, pieces_gen, cut = cut_windows(clips, gen, wavs, window)
+    if not pieces:
+        return None, [], []
+    audio = (evalaudio.analyse_sets(cut, clips[0]["mel_config"].sampling_rate, int(clips[0]["fps"]), opts.progress)
+             if cut else None)
+    notes = []
+    pairs = pair_clips(pieces, seed, opts.references, notes)
+    rows = compute_rows(pieces, pieces_gen.model, pieces_gen.uncond, pairs, opts.references, opts.progress, audio)
+    summary_rows = summarize_rows(rows)
+    per_window = {"window_s": window * clips[0]["mel_config"].hop_seconds, "window_frames": window,
+                  "windows": len(pieces), "sequences": sequences, "clips": len(clips),
+                  "counts": {k: v["n"] for k, v in summary_rows.items()},
+                  "rows": summary_rows, "rhythm": rhythm_summary(rows) if audio else None,
+                  "chance_seed": seed if pairs is not None else None, "notes": notes}
+    return per_window, rows, pieces
+
+
+def write_window_files(opts, summary, rows, pieces):
+    """OUT/per_window.csv (the per-window rows, per_clip.csv's columns) and, with waveform metrics,
+    OUT/field_table_per_window.md (lm2a/fieldtable.py on the per-window rhythm; its text also in
+    summary["per_window"]["field_table"]); stale ones of an earlier run are removed."""
+    out_dir, per_window = Path(opts.out_dir), summary.get("per_window")
+    for name in WINDOW_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    if not per_window:
+        return
+    write_csv(out_dir / WINDOW_FILES[0], rows)
+    if not per_window.get("rhythm"):
+        return
+    counts = {"clips_evaluated": len(pieces), "songs": len({p["song"] for p in pieces})}
+    protocol = protocol_from(opts.npz_dir, pieces, {"counts": counts, "audio": summary.get("audio")})
+    text = (f"Per window: each of {per_window['clips']} sequences cut into consecutive non-overlapping "
+            f"{per_window['window_s']:.2f} s windows (the model's length; a last piece shorter than half a "
+            f"window dropped), each scored as a clip; the \"clips\" below are these windows.\n\n"
+            + field_table({"rhythm": per_window["rhythm"]}, protocol))
+    per_window.update(field_table=text, field_table_file=WINDOW_FILES[1])
+    write_text_atomic(out_dir / WINDOW_FILES[1], text)
+
+
 # ---- aggregation ------------------------------------------------------------------------------
 def summarize_rows(rows):
     """{row kind: dict(n, metrics={metric: lm2a.metrics.summarize stats})}, kinds in ROW_KINDS order."""
@@ -465,7 +565,7 @@ def make_summary(opts, gen, scores, clips, n_listed, skipped, audio, audio_setti
                          gen_dir=str(Path(opts.gen_dir).resolve()) if opts.gen_dir else None,
                          generated_here=not opts.gen_dir, max_samples=opts.max_samples,
                          references=opts.references, chance_seed=seed if scores.pairs is not None else None,
-                         uncond=gen.uncond_settings, device=str(device)),
+                         uncond=gen.uncond_settings, device=str(device), longform=asdict(opts.longform)),
         "counts": {"clips_listed": n_listed, "clips_evaluated": len(clips),
                    "clips_skipped": len(skipped), "songs": len({c["song"] for c in clips}),
                    "rows": {k: v["n"] for k, v in summary_rows.items()}},
@@ -498,6 +598,22 @@ def write_tables_and_plots(out_dir, scores, clips, gen, plot_clips):
     plot_mel_pairs(out_dir / PLOTS[0], clips, gen.model, gen.uncond, n=plot_clips)
     plot_metric_bars(out_dir / PLOTS[1], scores.summary_rows, PLOT_METRICS, ROW_KINDS)
     plot_histograms(out_dir / PLOTS[2], scores.rows, PLOT_METRICS, ROW_KINDS)
+
+
+def add_field_table(opts, summary, clips):
+    """OUT/field_table.md (lm2a/fieldtable.py: the rhythm scores as the papers print them, with their
+    protocol), its text in summary["field_table"] and its protocol in summary["field_protocol"]. Without
+    waveform metrics there is none (a stale file from an earlier run is removed) and summary says why."""
+    path = Path(opts.out_dir) / FIELD_TABLE_FILE
+    if not summary.get("rhythm"):
+        path.unlink(missing_ok=True)
+        summary.update(field_table=None, field_table_file=None,
+                       field_table_skipped="no field table: --no_audio_metrics (it needs the waveform metrics)")
+        return
+    protocol = protocol_from(opts.npz_dir, clips, summary)
+    summary.update(field_table=field_table(summary, protocol), field_table_file=FIELD_TABLE_FILE,
+                   field_protocol=protocol)
+    write_text_atomic(path, summary["field_table"])
 
 
 def attention_record(summary, attention, names, seed):
@@ -544,16 +660,20 @@ def evaluate(opts, settings):
         report.attention_block(gen.diffusion.model, opts.attention_layer)
     clips = evaluated_clips(items, gen.model, skipped)
     t_audio = time.perf_counter()
-    wav_paths, audio, audio_settings = waveforms(opts, clips, gen, device, notes)
+    wav_paths, audio, audio_settings, wavs = waveforms(opts, clips, gen, device, notes)
     t_metrics = time.perf_counter()
     other_dir = other_songs_folder(opts)
     other, other_songs = other_songs_mels(other_dir, {c["song"] for c in clips}, opts.progress) if other_dir else ([], [])
     scores = score_clips(clips, gen, audio, seed, opts.references, opts.progress, notes, other)
+    per_window, window_rows, pieces = score_windows(opts, clips, gen, wavs, seed)
     t_outputs = time.perf_counter()
     write_tables_and_plots(out_dir, scores, clips, gen, opts.plot_clips)
     summary = make_summary(opts, gen, scores, clips, len(paths), skipped, audio, audio_settings, seed, device, notes)
     summary["counts"]["other_songs"] = {"dir": str(other_dir) if other_dir else None, "clips": len(other),
                                         "songs": len(other_songs)}
+    summary["per_window"] = per_window
+    add_field_table(opts, summary, clips)
+    write_window_files(opts, summary, window_rows, pieces)
     summary["report"] = write_report_files(opts, summary, scores, clips, items, gen, wav_paths, seed).name
     summary["seconds"] = {"total": round(time.perf_counter() - t_start, 3),
                           "generation": round(t_audio - t_gen, 3),

@@ -10,7 +10,9 @@ An item is a dict: name, mel (T, 80) and motion at the mel frame rate (T, 234) t
 in training (lm2a.data.item_from_clip), lyrics (L, D), `clip` (the clip's own arrays: mel (80, T),
 motion (frames, 234) at its fps, and its scalars, for evaluation) and `meta` (provenance written
 into the generated npz). Determinism: every item draws its noise from its own CPU generator seeded
-by (settings.seed, name), so its mel does not depend on the batch it was in.
+by (settings.seed, name), so its mel does not depend on the batch it was in. A clip longer than the
+model's window is generated in windows by lm2a.longform.generate_clips (which calls this module for
+the others).
 """
 import hashlib
 from dataclasses import asdict
@@ -201,9 +203,10 @@ def describe_settings(settings: SamplingConfig):
 
 
 # ---- generated npz ----------------------------------------------------------------------------
-def write_generated(path, item, mel, model, settings: SamplingConfig):
+def write_generated(path, item, mel, model, settings: SamplingConfig, extra=None):
     """<name>_gen.npz (FORMATS.md): the generated raw log-mel (80, T), every sampling setting
-    (asdict), the clip's seed, the checkpoint (a TrainedModel), and the item's provenance. -> path."""
+    (asdict), the clip's seed, the checkpoint (a TrainedModel), the item's provenance and `extra`
+    fields (a clip generated in windows: lm2a.longform.window_layout). -> path."""
     meta = dict(item["meta"])
     motion = meta.pop("motion", None)
     fields = dict(mel=np.asarray(mel, dtype=np.float32), **asdict(settings),
@@ -215,6 +218,7 @@ def write_generated(path, item, mel, model, settings: SamplingConfig):
     fields.update({k: np.str_(v) if isinstance(v, str) else v for k, v in meta.items()})
     if motion is not None:
         fields["motion"] = np.asarray(motion, dtype=np.float32)
+    fields.update(extra or {})
     save_npz_atomic(path, **fields)
     return Path(path)
 

@@ -36,6 +36,16 @@ Determinism: window k of a dance draws all its noise from its own generator, see
 lm2a.generate.clip_seed(seed, "<name>#w<k>"), so a dance's mel does not depend on the other dances
 sampled beside it (batch_size = dances in parallel: windows of one dance are sequential).
 
+Clips longer than the model's window (generate_clips: sample.py --npz / --npz_dir and val.py): a clip
+(preprocess.py --clip_seconds 0 writes one per whole AIST++ dance, 10-30 s) more than WINDOW_SLACK_FRAMES
+mel frames longer than the window is generated the same way, as a dance (dance_from_item) made of the
+clip's own motion (resampled to the mel frame rate as lm2a.data does) and its lyric tokens in every
+window (the null lyric when it has none); its <name>_gen.npz also records the window layout
+(window_layout, the keys of <name>_full_gen.npz). Shorter clips, and clips of the window's length, are
+one network call at their own length (lm2a.generate.generate_for_items), as before. The checkpoint does
+not record the length of its training clips: the model's window is LongformConfig.window (6 s, the
+default clip length of preprocess.py; sample.py / val.py --window).
+
 Seam measure (seam_ratio): mean frame-to-frame spectral change (L1 between consecutive log-mel
 frames, averaged over bands) at the joins divided by the same elsewhere; ~1 means the joins are
 as smooth as the music inside the windows.
@@ -52,9 +62,10 @@ from lm2a.audio import compute_mel, load_audio
 from lm2a.clipio import save_npz_atomic
 from lm2a.data import pad_lyric_tokens
 from lm2a.device import resolve_precision
-from lm2a.generate import clip_seed, compatibility_problems, make_generator
+from lm2a.generate import (GEN_SUFFIX, clip_seed, compatibility_problems, describe_settings, generate_for_items,
+                           make_generator, write_generated)
 from lm2a.lyrics import LyricEncoder
-from lm2a.motion import clip_frame_range, resample_to_mel, song_motion
+from lm2a.motion import clip_frame_range, read_motion, resample_to_mel
 from lm2a.plots import mel_figure
 from lm2a.timeline import motion_t0_seconds, read_lyric_timeline
 from models.diffusion import SamplingConfig
@@ -63,6 +74,7 @@ from models.hparams import hparam
 FULL_GEN_SUFFIX = "_full_gen"  # <name>_full_gen.npz
 NULL_LYRIC = ""                # the window text of a window where nothing is sung
 SEAM_WIDTH = 1                 # frame transitions on each side of a join that count as the join
+WINDOW_SLACK_FRAMES = 4        # a clip at most this many mel frames longer than the window is one network call
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,19 @@ class LongformConfig:
 def seconds_to_frames(seconds, mel_config):
     """Whole mel frames in `seconds` (a duration inside a mel, e.g. an overlap), MelConfig's rate."""
     return int(round(float(seconds) * mel_config.sampling_rate / mel_config.hop_size))
+
+
+def window_frames(mel_config, config: LongformConfig):
+    """The model's window in mel frames: config.window seconds at `mel_config` (the checkpoint's, a
+    MelConfig). The checkpoint does not record its training clips' length; the window setting stands
+    for it (516 frames for the default 6 s)."""
+    return mel_config.frames_for_seconds(config.window)
+
+
+def needs_windows(n_frames, window):
+    """A clip of n_frames mel frames is generated in windows of `window` frames: it is longer than one
+    window by more than WINDOW_SLACK_FRAMES (a 517-frame clip of a 516-frame model is one call)."""
+    return int(n_frames) > int(window) + WINDOW_SLACK_FRAMES
 
 
 def window_starts(n_frames, window, overlap):
@@ -235,7 +260,7 @@ def load_dance(info, motion_path, lyrics_json=None, lyric_text=None, start_s=Non
         raise ValueError("give the lyrics as a timeline (sliced.json) or as one line, not both")
     entries, key_warnings = read_lyric_timeline(lyrics_json) if lyrics_json is not None else ([], [])
     t0_rule, t0 = dance_time_origin(motion_path, lyrics_json, entries, motion_t0)
-    motion = song_motion(motion_path)
+    motion = read_motion(motion_path, fps)  # smplfull.json, or an AIST++ pkl resampled to fps
     start_s, end_s, frame_start, frame_end = dance_span(motion, start_s, end_s, t0, fps)
     # features over the whole dance (one smoothing and one derivative over all frames), then the span
     features, repaired = motion.span_features(frame_start, frame_end, fps)  # (frames, 234)
@@ -243,7 +268,8 @@ def load_dance(info, motion_path, lyrics_json=None, lyric_text=None, start_s=Non
     motion_mel = resample_to_mel(features, fps, n_frames, cfg.sampling_rate, cfg.hop_size).astype(np.float32)
     real_mel = real_mel_of(audio_path, start_s, end_s, cfg, n_frames)
 
-    name = name or motion_path.resolve().parent.name.replace("__", "_")
+    default = motion_path.stem if motion_path.suffix.lower() == ".pkl" else motion_path.resolve().parent.name
+    name = name or default.replace("__", "_")
     meta = dict(song=name, motion_path=str(motion_path.resolve()),
                 lyrics_json=str(Path(lyrics_json).resolve()) if lyrics_json is not None else "",
                 lyric_text=str(lyric_text) if lyric_text is not None else "",
@@ -274,6 +300,23 @@ def plan_dance(dance, info, config: LongformConfig):
         texts = window_lyrics(dance["lines"], times, config.lyric_min, config.lyric_pick)
     dance.update(config=config, plan=plan, window_times=times, window_texts=texts)
     dance.pop("window_lyrics", None)
+    return dance
+
+
+def dance_from_item(item, info, config: LongformConfig):
+    """A loaded clip (lm2a.generate.load_clips, or raw_item) as a dance for generate_dances, planned for
+    `config`: its motion at the mel frame rate (item["motion"], resampled from the clip's fps as
+    lm2a.data.item_from_clip does), its lyric tokens in every window (a (0, D) lyric: the null lyric),
+    its real mel as the reference (None for a raw item), its provenance as the meta."""
+    meta, tokens = dict(item["meta"]), item["lyrics"].numpy()
+    motion = meta.pop("motion", None)  # a raw item's features at fps; a clip's are in item["clip"]
+    motion = item["clip"]["motion"] if "clip" in item else motion
+    real = np.ascontiguousarray(item["mel"].numpy().T) if item["mel"].shape[1] > 0 else None
+    dance = dict(name=item["name"], n_frames=int(item["motion"].shape[0]),
+                 motion_mel=np.asarray(item["motion"].numpy(), np.float32), motion=motion, real_mel=real,
+                 meta=meta, lines=[], lyric_text=str(meta.get("lyric_text", "")).strip() if tokens.shape[0] else "")
+    plan_dance(dance, info, config)
+    dance["window_lyrics"] = [tokens] * len(dance["plan"]["starts"])  # the clip's own tokens: nothing to encode
     return dance
 
 
@@ -393,20 +436,27 @@ def generate_dances(diffusion, info, dances, settings: SamplingConfig = None, co
 
 
 # ---- output -------------------------------------------------------------------------------------
-def write_longform(path, dance, result, info, settings: SamplingConfig, config: LongformConfig):
-    """<name>_full_gen.npz: mel (80, T) raw log-mel of the whole span; the window layout in mel
-    frames (window_starts, window_frames, held_frames, crossfade_frames, join_frames), each
-    window's lyric text and seed; every sampling and window setting (asdict); the checkpoint; the
-    inputs' provenance; motion (frames, 234) features of the span at fps; real_mel (80, T_real)
-    when the reference audio exists. -> path."""
+def window_layout(dance, result, config: LongformConfig):
+    """The npz fields recording how a dance was generated in windows (in mel frames): window_starts,
+    window_frames, held_frames, crossfade_frames, join_frames, each window's lyric text and seed, and
+    every LongformConfig setting (asdict)."""
     plan = dance["plan"]
-    fields = dict(mel=np.asarray(result["mel"], np.float32), **asdict(settings), **asdict(config),
-                  window_starts=np.asarray(plan["starts"], np.int64), window_frames=np.int64(plan["window"]),
-                  held_frames=np.asarray(plan["held"], np.int64),
-                  crossfade_frames=np.asarray(plan["fade"], np.int64),
-                  join_frames=np.asarray(plan["joins"], np.int64),
-                  window_lyric_texts=np.asarray(dance["window_texts"], dtype=np.str_).reshape(-1),
-                  window_seeds=np.asarray(result["seeds"], np.int64),
+    return dict(**asdict(config), window_starts=np.asarray(plan["starts"], np.int64),
+                window_frames=np.int64(plan["window"]), held_frames=np.asarray(plan["held"], np.int64),
+                crossfade_frames=np.asarray(plan["fade"], np.int64),
+                join_frames=np.asarray(plan["joins"], np.int64),
+                window_lyric_texts=np.asarray(dance["window_texts"], dtype=np.str_).reshape(-1),
+                window_seeds=np.asarray(result["seeds"], np.int64))
+
+
+def write_longform(path, dance, result, info, settings: SamplingConfig, config: LongformConfig):
+    """<name>_full_gen.npz: mel (80, T) raw log-mel of the whole span; the window layout
+    (window_layout: window_starts, window_frames, held_frames, crossfade_frames, join_frames, each
+    window's lyric text and seed, every window setting); every sampling setting (asdict); the
+    checkpoint; the inputs' provenance; motion (frames, 234) features of the span at fps; real_mel
+    (80, T_real) when the reference audio exists. -> path."""
+    fields = dict(mel=np.asarray(result["mel"], np.float32), **asdict(settings),
+                  **window_layout(dance, result, config),
                   use_ema=np.bool_(info.use_ema),
                   ckpt_path=np.str_(str(Path(info.path).resolve())), ckpt_step=np.int64(info.step),
                   text_encoder=np.str_(info.text_encoder.name), name=np.str_(dance["name"]),
@@ -433,6 +483,49 @@ def plot_longform(path, generated, real=None, window_starts=(), joins=(), hop_s=
     mel_figure(path, rows, title=title, hop_seconds=hop_s, start_s=start_s, marks=marks,
                xlabel="song time (s); dashed: window starts, cyan: joins (where the next window takes over)",
                panel_size=(width - 0.4, 2.4), x_frames=generated.shape[1])
+
+
+# ---- clips of any length ------------------------------------------------------------------------
+def generate_clips(diffusion, info, items, settings: SamplingConfig = None, config: LongformConfig = None,
+                   out_dir=None, png=True, progress=True, step_progress=False, desc="generating"):
+    """lm2a.generate.generate_for_items for clips of any length: an item longer than the model's window
+    (needs_windows, window_frames of `config`) is generated whole in windows (dance_from_item +
+    generate_dances: each window continuing the previous output); the others go through
+    generate_for_items exactly as before. With out_dir each clip gets <name>_gen.npz (a windowed one
+    also records window_layout) and, with png, <name>.png (a windowed one: generated above real, windows
+    marked). -> generate_for_items' list of dict(name, mel (80, T), path, item), in the order of items;
+    a windowed clip's dict also holds `plan` (plan_windows)."""
+    settings = resolve_precision(settings or SamplingConfig(), diffusion.device)
+    config = config or LongformConfig()
+    window = window_frames(info.mel_config, config)
+    long = [i for i, it in enumerate(items) if needs_windows(it["motion"].shape[0], window)]
+    short = sorted(set(range(len(items))) - set(long))
+    results = dict(zip(short, generate_for_items(diffusion, info, [items[i] for i in short], settings, out_dir,
+                                                 png, progress, step_progress, desc)))
+    dances = [dance_from_item(items[i], info, config) for i in long]
+    made = generate_dances(diffusion, info, dances, settings, config, progress, step_progress) if dances else []
+    for i, dance, res in zip(long, dances, made):
+        path = None
+        if out_dir is not None:
+            path = write_windowed(Path(out_dir), items[i], dance, res, info, settings, config, png)
+        results[i] = {"name": dance["name"], "mel": res["mel"], "path": path, "item": items[i], "plan": dance["plan"]}
+    return [results[i] for i in range(len(items))]
+
+
+def write_windowed(out, item, dance, result, info, settings: SamplingConfig, config: LongformConfig, png=True):
+    """<name>_gen.npz of a clip generated in windows (lm2a.generate.write_generated's fields plus
+    window_layout) and, with png, <name>.png. -> the npz path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_generated(out / f"{dance['name']}{GEN_SUFFIX}.npz", item, result["mel"], info, settings,
+                           extra=window_layout(dance, result, config))
+    if png:
+        plan = dance["plan"]
+        plot_longform(out / f"{dance['name']}.png", result["mel"], dance["real_mel"], plan["starts"], plan["joins"],
+                      info.mel_config.hop_seconds, dance["meta"]["start_s"],
+                      title=f"{dance['name']}: {len(plan['starts'])} windows of {plan['window']} frames, overlap "
+                            f"{config.overlap:g} s; {describe_settings(settings)}, step {info.step} "
+                            f"{info.weights_label}")
+    return path
 
 
 # ---- measures -----------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}tr.model td{
 .players{display:grid;grid-template-columns:repeat(4,1fr);gap:8px}.players div{font-size:12px}
 audio{width:100%}img{max-width:100%}.note{color:#555;font-size:12px}code{font-size:12px}
 th[colspan]{text-align:center}.side{display:flex;gap:16px;align-items:center}.side img{min-width:0}
+pre{background:#f7f7f7;border:1px solid #ddd;padding:8px;overflow-x:auto;font-size:12px}
 """
 
 
@@ -359,6 +360,35 @@ def rhythm_table(summary):
     return "\n".join(lines)
 
 
+def field_table_section(summary):
+    """summary["field_table"] (lm2a/fieldtable.py's Markdown, also OUT/field_table.md) as it is, or why
+    there is none."""
+    text, name = summary.get("field_table"), summary.get("field_table_file")
+    if not text:
+        reason = summary.get("field_table_skipped") or "no field table in summary.json"
+        return f"<p class=note>{html.escape(reason)}.</p>"
+    return (f"<p class=note>The rhythm scores as the dance-to-music papers print them, with their protocol: "
+            f"Markdown to paste into a paper, also in <a href=\"{quote(name)}\">{html.escape(name)}</a>.</p>"
+            f"<pre>{html.escape(text)}</pre>")
+
+
+def per_window_section(summary):
+    """summary["per_window"] (whole sequences scored window by window, lm2a.evaluation.score_windows):
+    its rhythm and spectral tables and its field table; '' when no clip is longer than the window."""
+    pw = summary.get("per_window")
+    if not pw:
+        return ""
+    table = pw.get("field_table")
+    field = (f"<p class=note>The field's table per window, also in <a href=\"{quote(pw['field_table_file'])}\">"
+             f"{html.escape(pw['field_table_file'])}</a>.</p><pre>{html.escape(table)}</pre>" if table else "")
+    return (f"<h2>Per window</h2><p>{pw['sequences']} of the {pw['clips']} clips are longer than the model's "
+            f"window and were generated in windows; the tables above score each clip whole. Here every clip's "
+            f"real and generated mels and audio are cut into consecutive {pw['window_s']:.2f} s windows "
+            f"({pw['windows']} windows; a last piece shorter than half a window dropped), each scored as a clip "
+            f"(rows in per_window.csv).</p>\n<h3>Rhythm, on the waveforms</h3>\n{rhythm_table(pw)}\n"
+            f"<h3>Spectral, on the log-mels</h3>\n{spectral_table(pw)}\n{field}")
+
+
 def reading_sentence(summary):
     """One sentence computed from the numbers: which rows the model must beat, and by how much it
     does on the scores that can separate rows."""
@@ -487,9 +517,12 @@ real and generated). Mean &plusmn; std over clips.</p>
 <p class=reading>{html.escape(reading_sentence(summary))}</p>
 <p class=note>{html.escape(RESOLUTION_NOTE)}</p>
 <details><summary>Where each rhythm score comes from</summary><ul>{sources}</ul></details>
+<h3>The field's table</h3>
+{field_table_section(summary)}
 <h3>Music-likeness: real / generated / uncond</h3>
 {music_table(summary)}
 {f'<ul class=note>{notes}</ul>' if notes else ''}
+{per_window_section(summary)}
 <h2>Clips</h2>
 {chr(10).join(clip_section(c, rows) for c in clips_info)}
 {att}

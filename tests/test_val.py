@@ -49,6 +49,8 @@ def test_generates_and_writes_rows_summary_and_plots(clips, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("val.py: evaluated 4 clips") and "beat alignment model" in line
     assert "music-likeness (harmonic share / partials / chroma) real " in line and ", uncond " in line
+    assert line.endswith("; no field table: --no_audio_metrics (it needs the waveform metrics)")
+    assert not (out / "field_table.md").exists()
 
     rows = read_rows(out / "per_clip.csv")
     assert len(rows) == 4 * 5
@@ -81,6 +83,8 @@ def test_generates_and_writes_rows_summary_and_plots(clips, capsys):
     assert s["uncond"]["guidance"] == 0.0 and s["uncond"]["seed"] == 4 and s["uncond"]["steps"] == 2
     assert summary["counts"]["clips_evaluated"] == 4 and summary["counts"]["rows"] == {k: 4 for k in KINDS}
     assert summary["rhythm"] is None and summary["audio"] is None and summary["report"] == "report.html"
+    assert summary["field_table"] is None and summary["field_table_file"] is None
+    assert "no field table" in summary["field_table_skipped"]
     for kind in ("model", "uncond", "chance"):
         m = summary["rows"][kind]["metrics"]
         for metric in ("mse", "ssim", "cosine", "mean_error", "std_error", "snr_db", "lsd_db",
