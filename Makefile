@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv clean-demo bench
+.PHONY: demo demo-aist test venv clean-demo bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,25 @@ demo: venv
 	    --out_dir $(DEMO)/whole --guidance 2.0 --device cpu && \
 	$(PY) testwav.py --npz $(DEMO)/whole/$${song}_full_gen.npz --out_dir $(DEMO)/wav --device cpu && \
 	echo "  whole dance    $(DEMO)/wav/$${song}_full_gen.wav (mel plot $(DEMO)/whole/$${song}_full.png)"
+
+# Every stage on a small AIST++-layout dataset (sometest/make_aist_data.py), the field's split and table.
+AIST := $(DEMO)/aist
+DEMO_AIST_STEPS ?= 400
+demo-aist: venv
+	$(PY) sometest/make_aist_data.py --out $(AIST) --force
+	$(PY) preprocess.py --data_root $(AIST)/aist_plusplus_final --out_dir $(AIST)/lm2a --workers 2
+	$(PY) newsplit_npz.py --npz_dir $(AIST)/lm2a/clips --out_dir $(AIST)/split --preset aistpp --force
+	$(PY) train.py --npz_dir $(AIST)/split/train --val_npz_dir $(AIST)/split/val --save_dir $(AIST)/runs/tiny \
+	    --force --max_steps $(DEMO_AIST_STEPS) --batch_size 8 --base_dim 32 --dim_mults 1,2 --stem_channels 8 \
+	    --val_every 200 --save_every 200 --device cpu
+	$(PY) val.py --ckpt $(AIST)/runs/tiny --npz_dir $(AIST)/split/test --out_dir $(AIST)/val --device cpu
+	seq=$$(ls $(AIST)/split/test | head -1 | sed 's/__.*//') && music=$$(echo $$seq | sed 's/.*_\(m[A-Z][A-Z][0-9]\)_.*/\1/') && \
+	$(PY) sample.py --ckpt $(AIST)/runs/tiny --motion $(AIST)/aist_plusplus_final/motions/$$seq.pkl \
+	    --audio $$(ls $(AIST)/music/$$music.* | head -1) --out_dir $(AIST)/whole --guidance 2.0 --device cpu && \
+	$(PY) testwav.py --npz $(AIST)/whole/$${seq}_full_gen.npz --out_dir $(AIST)/wav --device cpu && \
+	echo && cat $(AIST)/val/field_table.md && echo && \
+	echo "demo-aist done: the field's table $(AIST)/val/field_table.md (report $(AIST)/val/report.html)," && \
+	echo "  a whole sequence's music $(AIST)/wav/$${seq}_full_gen.wav (mel plot $(AIST)/whole/$${seq}_full.png)"
 
 bench: venv
 	$(PY) sometest/bench.py --json BENCHMARKS.json
