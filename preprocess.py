@@ -396,7 +396,17 @@ def motion_repairs(results):
             "songs": songs}
 
 
-MAX_REPAIR_LINES = 10  # songs with repaired motion listed on the terminal; all are in the report
+MAX_REPAIR_LINES = 10  # songs with repaired motion (and songs skipped) listed on the terminal; all are in the report
+
+
+def skip_lines(report):
+    """The lines main() prints about songs (AIST++: sequences) skipped, each with its reason."""
+    skipped = report["songs_skipped"]
+    lines = [f"preprocess: skipped {s['song']}: {s['reason']}" for s in skipped[:MAX_REPAIR_LINES]]
+    if len(skipped) > MAX_REPAIR_LINES:
+        lines.append(f"preprocess: ... and {len(skipped) - MAX_REPAIR_LINES} more skipped "
+                     f"('songs_skipped' in preprocess_report.json)")
+    return lines
 
 
 def repair_lines(repairs):
@@ -603,11 +613,11 @@ def summary_line(report, args):
     """The one line main() prints at the end."""
     aist = report["format"] == "aistpp"
     unit = "sequences" if aist else "songs"
-    length = "whole-sequence" if args.seconds == WHOLE else f"{args.seconds:g} s"
+    length = "whole-sequence clips" if args.seconds == WHOLE else f"clips of {args.seconds:g} s"
     origin = ("music time 0 (AIST++)" if aist else
               f"{'the first lyric key' if args.motion_t0 == 'first_lyric' else '0 s'} (--motion_t0 {args.motion_t0})")
     return (f"preprocess: read {report['songs_seen']} {unit} ({len(report['songs_skipped'])} skipped), "
-            f"wrote {report['clips_written']} {length} clips, {report['clips_existing']} already "
+            f"wrote {report['clips_written']} {length}, {report['clips_existing']} already "
             f"there, skipped {len(report['clips_skipped'])} clips, {len(report['lyric_keys_skipped'])} lyric "
             f"keys, ignored {len(report['ignored'])} paths; text {report['timings_s']['text_encoding']:.1f} s, "
             f"total {report['timings_s']['total']:.1f} s ({report['clips_per_s']} clips/s) "
@@ -622,7 +632,7 @@ def main(argv=None):
         print(f"preprocess: error: {e}", file=sys.stderr)
         return 2
     n_ok = report["clips_written"] + report["clips_existing"]
-    for line in repair_lines(report["motion_repairs"]):
+    for line in skip_lines(report) + repair_lines(report["motion_repairs"]):
         print(line)
     print(summary_line(report, args))
     if n_ok == 0:

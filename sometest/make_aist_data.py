@@ -140,8 +140,7 @@ def write_sequences(motions: Path, genre_index: int, genre: str, music: str, tem
         advanced = j % 2 == 0
         length = seconds - END_MARGIN_S if advanced else BASIC_SHARE * seconds
         frames, _, _ = dance_to_tempo(rng, tempo, 0.0, length, fps=AIST_SOURCE_FPS)
-        name = sequence_name(genre, "sFM" if advanced else "sBM", 3 * genre_index + j % 3 + 1, music,
-                             int(rng.integers(1, 10)))
+        name = sequence_name(genre, "sFM" if advanced else "sBM", 3 * genre_index + j % 3 + 1, music, j // 3 + 1)
         with open(motions / f"{name}.pkl", "wb") as f:
             pickle.dump(aist_pkl(frames, float(rng.uniform(*SCALING))), f, protocol=4)
         names.append(name)

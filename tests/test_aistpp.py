@@ -210,3 +210,24 @@ def test_unreadable_music_is_skipped_with_its_name(tmp_path):
     (bad,) = report["songs_skipped"]
     assert bad["song"] == "gBR_sBM_cAll_d01_mBR0_ch01" and "mBR0.wav: cannot read audio" in bad["reason"]
     assert report["clips_written"] == 1
+
+
+def test_bad_sequences_are_named_on_the_terminal(tmp_path, capsys):
+    root, music = tmp_path / "aist_plusplus_final", tmp_path / "music"
+    (root / "motions").mkdir(parents=True)
+    music.mkdir()
+    sf.write(music / "mBR0.wav", np.zeros(22050 * 8, np.float32), 22050)
+    good = _motion(frames=600)
+    _pkl(root / "motions" / "gBR_sBM_cAll_d01_mBR0_ch01.pkl", **good)
+    _pkl(root / "motions" / "gBR_sBM_cAll_d01_mBR0_ch02.pkl", **{k: v for k, v in good.items() if k != "smpl_poses"})
+    _pkl(root / "motions" / "gBR_sBM_cAll_d01_mBR0_ch03.pkl", **_motion(frames=200))       # 3.3 s of dance
+    _pkl(root / "motions" / "gBR_sBM_cAll_d01_mBR9_ch01.pkl", **good)                      # no mBR9 music
+    assert preprocess.main(["--data_root", str(root), "--out_dir", str(tmp_path / "pp"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped gBR_sBM_cAll_d01_mBR0_ch02: {root / 'motions' / 'gBR_sBM_cAll_d01_mBR0_ch02.pkl'}: no 'smpl_poses'" in out
+    assert "skipped gBR_sBM_cAll_d01_mBR0_ch03: " in out and "shorter than one clip of 6 s; pass a shorter --clip_seconds" in out
+    assert f"skipped gBR_sBM_cAll_d01_mBR9_ch01: music mBR9 not found" in out
+    assert "read 4 sequences (3 skipped), wrote 1 clips of 6 s" in out
+    assert preprocess.main(["--data_root", str(root), "--out_dir", str(tmp_path / "pp2"), "--clip_seconds", "0",
+                            "--format", "justlmd"]) == 2
+    assert "no song folder found" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from models.diffusion import DiffusionConfig, SamplingConfig
 from models.unet1d_ultimate import UNetConfig
 
 CASES = [(train, UNetConfig), (train, DiffusionConfig), (train, TrainConfig), (train, RunConfig),
-         (sample, SamplingConfig), (val, SamplingConfig), (sample, LongformConfig)]
+         (sample, SamplingConfig), (val, SamplingConfig), (sample, LongformConfig), (val, LongformConfig)]
 
 
 def _same(constant, default):
