@@ -26,7 +26,7 @@ import numpy as np
 
 from tqdm import tqdm
 
-from lm2a.aistpp import HELD_OUT_MUSIC  # AIST++'s music-held-out test/val music
+from lm2a.aistpp import HELD_OUT_MUSIC, canonical, find_official_lists, read_official_lists
 from lm2a.clipio import clip_sequence, clip_song, list_clip_files
 
 # ---- defaults (edit here or pass --flag) --------------------------------------------------------
@@ -40,6 +40,8 @@ PRESET = None                 # None | "aistpp" (official music-held-out split) 
 SEARCH_ORDERS = 256           # seeded song orders tried by the song splitter; the most balanced wins
 SETS = ("train", "val", "test")
 PRESETS = ("aistpp", "aistpp-random")
+SEQUENCE_LISTS = "auto"       # aistpp: folder of crossmodal_{train,val,test}.txt ("auto": the AIST++ root's splits/, "" = the held-out music rule)
+LEFT_OUT = -1                 # set index of a clip in no official list
 PROGRESS_FROM = 300           # a progress bar while reading more clip files than this
 
 
@@ -112,6 +114,21 @@ def split_aistpp(songs, sequences, seed, held_out=HELD_OUT_MUSIC, where="clips")
     return [seq_set.get((m, q), 0) for m, q in zip(songs, sequences)]
 
 
+def split_by_lists(sequences, lists):
+    """The official split: each clip to the set whose list names its sequence (camera-independent),
+    LEFT_OUT when no list does (the official lists leave some sequences out)."""
+    index = {q: k for k, name in enumerate(SETS) for q in lists[name]}
+    return [index.get(canonical(q), LEFT_OUT) for q in sequences]
+
+
+def official_lists(args):
+    """--sequence_lists resolved: (folder or None, {set: names} or None)."""
+    if args.preset != "aistpp" or not args.sequence_lists:
+        return None, None
+    folder = find_official_lists(args.npz_dir) if args.sequence_lists == "auto" else Path(args.sequence_lists)
+    return (folder, read_official_lists(folder)) if folder is not None else (None, None)
+
+
 def split_by_group(groups, ratios, seed):
     """groups: one name per clip -> set index per clip; whole groups shuffled (split_by_clip on them)."""
     names = sorted(set(groups))
@@ -119,11 +136,14 @@ def split_by_group(groups, ratios, seed):
     return [int(group_set[g]) for g in groups]
 
 
-def make_split(files, by="song", ratios=(0.7, 0.2, 0.1), seed=SEED, preset=None, songs=None):
-    """-> {set name: [paths]}. `songs` {path: clip_song(path)} when already read; `preset` overrides `by`."""
+def make_split(files, by="song", ratios=(0.7, 0.2, 0.1), seed=SEED, preset=None, songs=None, lists=None):
+    """-> {set name: [paths]}. `songs` {path: clip_song(path)} when already read; `preset` overrides `by`;
+    `lists` (aistpp): the official sequence lists {set: names}, used instead of the held-out music rule."""
     songs = songs if songs is not None else read_songs(files)
     song_list = [songs[p] for p in files]
-    if preset == "aistpp":
+    if preset == "aistpp" and lists is not None:
+        idx = split_by_lists([clip_sequence(p) for p in files], lists)
+    elif preset == "aistpp":
         idx = split_aistpp(song_list, [clip_sequence(p) for p in files], seed,
                            where=Path(files[0]).parent if files else "clips")
     elif preset == "aistpp-random":
@@ -185,6 +205,9 @@ def build_parser():
     p.add_argument("--preset", choices=PRESETS, default=PRESET,
                    help="AIST++ splits: aistpp = official music-held-out split (ignores --ratios), "
                         "aistpp-random = seeded split by sequence with --ratios (music ids leak)")
+    p.add_argument("--sequence_lists", default=SEQUENCE_LISTS,
+                   help="--preset aistpp: folder of AIST++'s crossmodal_{train,val,test}.txt (auto: the splits/ "
+                        "folder of the AIST++ root the clips came from; '' = the held-out music rule)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--ratios", default=RATIOS, help="train,val,test (unused by --preset aistpp)")
     g = p.add_mutually_exclusive_group()
@@ -205,7 +228,7 @@ def prepare_out(out, force):
             (out / f"{name}.txt").unlink(missing_ok=True)
 
 
-def write_split(sets, songs, out, args, ratios):
+def write_split(sets, songs, out, args, ratios, lists_dir=None, left_out=0):
     """Places the files, writes the lists and split.json; -> the summary dict."""
     by = "sequence" if args.preset else args.by
     summary = {"npz_dir": str(Path(args.npz_dir).resolve()), "preset": args.preset, "by": by,
@@ -213,6 +236,10 @@ def write_split(sets, songs, out, args, ratios):
                "mode": args.mode, "sets": {}}
     if args.preset == "aistpp":
         summary["held_out_music"] = list(HELD_OUT_MUSIC)
+        summary["sequence_lists"] = str(lists_dir) if lists_dir else None
+        summary["rule"] = ("the official sequence lists" if lists_dir else
+                           "held-out music: its sequences halved between val and test, all other music in train")
+        summary["left_out"] = left_out
     if args.preset == "aistpp-random":
         summary["leaks"] = {"songs_in_several_sets": song_leaks(sets, songs),
                             "note": "split by sequence at random: one music id can be in train and "
@@ -237,7 +264,8 @@ def main(argv=None):
         if not files:
             raise ValueError(f"{args.npz_dir}: no clip .npz files (<song>__<start_ms>.npz); run preprocess.py")
         songs = read_songs(files)
-        sets = make_split(files, args.by, ratios, args.seed, args.preset, songs)
+        lists_dir, lists = official_lists(args)
+        sets = make_split(files, args.by, ratios, args.seed, args.preset, songs, lists)
         prepare_out(out, args.force)  # after the split: a failed one leaves the old split as it was
     except (ValueError, FileNotFoundError) as e:
         print(f"newsplit_npz: error: {e}", file=sys.stderr)
@@ -246,9 +274,13 @@ def main(argv=None):
         print(f"newsplit_npz: note: --ratios {args.ratios} unused: --preset aistpp sizes val/test by the "
               f"held-out music", file=sys.stderr)
     n_other = sum(1 for p in Path(args.npz_dir).iterdir() if p.is_file()) - len(files)
-    summary = write_split(sets, songs, out, args, ratios)
+    left_out = len(files) - sum(len(v) for v in sets.values())
+    summary = write_split(sets, songs, out, args, ratios, lists_dir, left_out)
     desc = ", ".join(f"{k} {v['clips']} clips/{len(v['songs'])} songs" for k, v in summary["sets"].items())
     how = f"preset {args.preset}" if args.preset else f"by {args.by}"
+    if args.preset == "aistpp":
+        how += (f" from the official lists in {lists_dir} ({left_out} clips in no list left out)" if lists_dir
+                else " by the held-out music rule (no official lists: pass --sequence_lists aist_plusplus_final/splits)")
     leak = (f"; {summary['leaks']['songs_in_several_sets']} songs (music ids) in several sets"
             if "leaks" in summary else "")
     print(f"newsplit_npz: read {len(files)} clips ({n_other} other files ignored), wrote {desc} "

@@ -2,12 +2,14 @@
 
     aist_plusplus_final/motions/<sequence>.pkl     SMPL at 60 fps (lm2a.motion.aist_motion reads it)
     aist_plusplus_final/ignore_list.txt            sequences whose fits are bad, one name per line
+    aist_plusplus_final/splits/crossmodal_{train,val,test}.txt   the official sequence lists
     <music folder>/<music id>.wav (or .mp3)        AIST Dance DB music, e.g. mBR0.wav
 
 A sequence name such as gBR_sBM_cAll_d04_mBR0_ch01 holds its genre (gBR), situation (sBM basic,
 sFM advanced), camera (cAll), dancer (d04), music id (mBR0) and choreography (ch01). The dance starts
 with the music: motion frame 0 is music time 0. There are no lyrics.
 """
+import json
 import re
 from pathlib import Path
 
@@ -116,3 +118,41 @@ def find_sequences(root, music_dir=""):
 def genre_text(genre):
     """The lyric text of a genre code (--lyric_text genre): e.g. 'gBR' -> 'Break'."""
     return GENRES.get(genre, genre)
+
+
+# ---- the official sequence lists (aist_plusplus_final/splits/crossmodal_{train,val,test}.txt) -------
+SPLITS_DIR = "splits"
+OFFICIAL_LISTS = {"train": "crossmodal_train.txt", "val": "crossmodal_val.txt", "test": "crossmodal_test.txt"}
+PREPROCESS_REPORT = "preprocess_report.json"   # stage 1's report beside clips/: names the data root
+
+
+def read_official_lists(folder):
+    """{train|val|test: set of canonical sequence names} from folder/crossmodal_*.txt. Raises ValueError
+    naming a missing file or a sequence listed in two sets."""
+    out = {}
+    for name, fname in OFFICIAL_LISTS.items():
+        path = Path(folder) / fname
+        if not path.is_file():
+            raise ValueError(f"{path}: missing; --sequence_lists needs {', '.join(OFFICIAL_LISTS.values())} "
+                             f"(aist_plusplus_final/{SPLITS_DIR}/)")
+        text = path.read_text(encoding="utf-8", errors="replace").lstrip("\ufeff")
+        out[name] = {canonical(line.strip()) for line in text.splitlines() if line.strip()}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = out[a] & out[b]
+        if both:
+            raise ValueError(f"{folder}: {len(both)} sequence(s) in both {OFFICIAL_LISTS[a]} and "
+                             f"{OFFICIAL_LISTS[b]} (e.g. {sorted(both)[0]})")
+    return out
+
+
+def find_official_lists(npz_dir):
+    """The splits/ folder of the AIST++ root the clips of npz_dir came from (stage 1's report beside
+    clips/ names it), or None when there is no report, it is not AIST++ or the root has no splits/."""
+    report = Path(npz_dir).resolve().parent / PREPROCESS_REPORT
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return None
+    folder = Path(data.get("data_root", "")) / SPLITS_DIR
+    ok = data.get("format") == "aistpp" and all((folder / f).is_file() for f in OFFICIAL_LISTS.values())
+    return folder if ok else None

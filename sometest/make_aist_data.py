@@ -7,6 +7,9 @@ Layout (as AIST++ is downloaded; lm2a/aistpp.py reads it):
     <out>/aist_plusplus_final/motions/<sequence>.pkl   smpl_poses (F, 72), smpl_trans (F, 3),
                                                         smpl_scaling (1,), smpl_loss at 60 fps
     <out>/aist_plusplus_final/ignore_list.txt          one sequence listed (its pkl is written)
+    <out>/aist_plusplus_final/splits/crossmodal_{train,val,test}.txt   sequence lists: every sequence of
+                                                        the other music in train; of the held-out music,
+                                                        the advanced dances in test, the basic ones in val
     <out>/music/<music id>.wav                          one per music id (one .mp3 where libsndfile can)
     <out>/truth.json                                    ground truth (tempo, beat times); not AIST++'s
 
@@ -36,7 +39,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repo root on the path
 
-from lm2a.aistpp import GENRES, HELD_OUT_MUSIC, IGNORE_LIST, MOTIONS  # noqa: E402
+from lm2a.aistpp import GENRES, HELD_OUT_MUSIC, IGNORE_LIST, MOTIONS, OFFICIAL_LISTS, SPLITS_DIR  # noqa: E402
 from lm2a.motion import AIST_SOURCE_FPS  # noqa: E402
 from models.layout import JOINT_DIMS, RH, TH  # noqa: E402
 from sometest.make_demo_data import (FORMATS, NOISE_FLOOR, PEAK, beat_phase, dance_to_tempo,  # noqa: E402
@@ -147,6 +150,17 @@ def write_sequences(motions: Path, genre_index: int, genre: str, music: str, tem
     return names
 
 
+def write_lists(folder: Path, sequences: dict) -> None:
+    """The official-style sequence lists of the generated sequences (see the module docstring)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sets = {"train": [], "val": [], "test": []}
+    for name, seq in sorted(sequences.items()):
+        held = seq["music"] in HELD_OUT_MUSIC
+        sets["train" if not held else "test" if "_sFM_" in name else "val"].append(name)
+    for key, fname in OFFICIAL_LISTS.items():
+        (folder / fname).write_text("".join(f"{n}\n" for n in sets[key]))
+
+
 def make_aist_dataset(out, n_genres: int = N_GENRES, n_music: int = N_MUSIC, n_dancers: int = N_DANCERS,
                       seconds: float = SECONDS, seed: int = SEED, force: bool = False, progress: bool = False):
     """Writes the dataset under out; returns (aist_plusplus_final folder, music folder, truth dict)."""
@@ -170,6 +184,7 @@ def make_aist_dataset(out, n_genres: int = N_GENRES, n_music: int = N_MUSIC, n_d
         for name in write_sequences(root / MOTIONS, i // n_music, genre, music, tempo, seconds, n_dancers,
                                     [seed, i, 7]):
             truth["sequences"][name] = {"music": music, "genre": genre}
+    write_lists(root / SPLITS_DIR, truth["sequences"])
     ignored = sorted(truth["sequences"])[-1]
     (root / IGNORE_LIST).write_text(f"{ignored}\n")
     truth["ignored"] = [ignored]

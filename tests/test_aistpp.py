@@ -231,3 +231,29 @@ def test_bad_sequences_are_named_on_the_terminal(tmp_path, capsys):
     assert preprocess.main(["--data_root", str(root), "--out_dir", str(tmp_path / "pp2"), "--clip_seconds", "0",
                             "--format", "justlmd"]) == 2
     assert "no song folder found" in capsys.readouterr().err
+
+
+def test_split_follows_the_official_lists_when_the_root_has_them(aist, tmp_path):
+    _, root, _, truth = aist
+    preprocess.run(preprocess.build_parser().parse_args(
+        ["--data_root", str(root), "--out_dir", str(tmp_path / "pp"), "--clip_seconds", "2", "--quiet"]))
+    clips = str(tmp_path / "pp" / "clips")
+    assert newsplit_npz.main(["--npz_dir", clips, "--out_dir", str(tmp_path / "split"), "--preset", "aistpp"]) == 0
+    split = json.loads((tmp_path / "split" / "split.json").read_text())
+    assert split["rule"] == "the official sequence lists" and split["sequence_lists"] == str(root / "splits")
+    for name in ("train", "val", "test"):
+        listed = set((root / "splits" / f"crossmodal_{name}.txt").read_text().split())
+        got = {p.name.split("__")[0] for p in (tmp_path / "split" / name).iterdir()}
+        assert got == listed - set(truth["ignored"])
+    # without the lists: the held-out music rule
+    assert newsplit_npz.main(["--npz_dir", clips, "--out_dir", str(tmp_path / "rule"), "--preset", "aistpp",
+                              "--sequence_lists", ""]) == 0
+    assert json.loads((tmp_path / "rule" / "split.json").read_text())["sequence_lists"] is None
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in ("train", "val", "test"):
+        (bad / f"crossmodal_{f}.txt").write_text((root / "splits" / f"crossmodal_{f}.txt").read_text())
+    first_test = (bad / "crossmodal_test.txt").read_text().split()[0]
+    (bad / "crossmodal_val.txt").write_text(first_test + "\n")
+    assert newsplit_npz.main(["--npz_dir", clips, "--out_dir", str(tmp_path / "b"), "--preset", "aistpp",
+                              "--sequence_lists", str(bad)]) == 2
