@@ -3,6 +3,7 @@
     python testwav.py --npz_dir generated --out_dir wav
     python testwav.py --npz clips/song__00012000.npz --out_dir wav --vocoder griffinlim
     python testwav.py --npz generated/song_full_gen.npz --out_dir wav      # a whole dance: one wav
+    python testwav.py --npz_dir generated --out_dir wav --video --with_real  # + <stem>.mp4, <stem>_real.mp4
 
 The vocoder is a BigVGAN folder (config.json + bigvgan_generator.pt), a bare name under BigVGAN/, a
 Hugging Face hub id, or `griffinlim`. A mel whose mel_config differs from the vocoder's config.json is
@@ -10,6 +11,10 @@ refused. Without BigVGAN weights the script falls back to Griffin-Lim and says s
 --chunk_seconds (a whole dance, sample.py --song) goes through BigVGAN in chunks, each with
 lm2a.vocoder.CONTEXT_FRAMES of mel on both sides that are vocoded and dropped, so memory stays that of one chunk
 and the joins are inaudible (BigVGAN is convolutional: its receptive field is far shorter than the context).
+--video also writes <stem>.mp4 beside each wav: the dancer as a stick figure moving to that wav, beat and
+onset markers, the mel with a cursor (lm2a.video); the motion comes from the clip at `source_npz` (clips) or
+from `motion_path` and the recorded span (whole dances). --with_real adds <stem>_real.mp4: the same dance
+with the real mel (the clip's, or the dance's `real_mel`) through the same vocoder.
 """
 import argparse
 import sys
@@ -17,12 +22,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from tqdm import tqdm
 
 from lm2a.audio import write_wav
 from lm2a.clipio import ClipFileError, load_clip
 from lm2a.device import pick_device
 from lm2a.melconfig import MelConfig, load_mel_config
+from lm2a.video import VideoError, dance_of, render_video
 from lm2a.vocoder import (MelConfigMismatch, VocoderUnavailable, batches_by_length, check_mel_compat, griffin_lim,
                           load_bigvgan, resolve_vocoder_dir, vocode, vocode_long)
 
@@ -36,6 +43,8 @@ BATCH_SIZE = 8  # mels of equal length vocoded together by BigVGAN
 GL_ITERS = 64  # Griffin-Lim iterations (explicit griffinlim or fallback)
 CHUNK_SECONDS = 30.0  # BigVGAN: longer mels are vocoded in chunks of this length (0 = never)
 MAX_LISTED = 10  # refused files listed one per line before "... and N more"
+VIDEO = False  # also write <stem>.mp4: the dance (stick figure) with the wav just written (lm2a.video)
+WITH_REAL = False  # also write <stem>_real.mp4: the same dance with the real mel vocoded (implies VIDEO)
 
 GRIFFINLIM = "griffinlim"
 
@@ -153,14 +162,33 @@ def griffin_lim_file(path, mel, vocoder_cfg, out_dir, gl_iters):
     write_wav(out_dir / f"{path.stem}.wav", griffin_lim(mel, cfg, n_iter=gl_iters), cfg.sampling_rate)
 
 
-def vocode_files(files, model, vocoder_cfg, out_dir, args):
+def chunk_frames_of(vocoder_cfg, args):
+    """--chunk_seconds in mel frames of the vocoder's config (0: no chunks, or no BigVGAN)."""
+    if vocoder_cfg is None:
+        return 0
+    return int(round(args.chunk_seconds * vocoder_cfg.sampling_rate / vocoder_cfg.hop_size))
+
+
+def to_wav(path, mel, model, vocoder_cfg, args):
+    """One mel (80, T) of file `path` -> (waveform, sr) through this run's vocoder, as vocode_files
+    would vocode it (Griffin-Lim without a model; BigVGAN, in chunks past --chunk_seconds)."""
+    if model is None:
+        cfg = vocoder_cfg or read_mel_config(path) or load_mel_config()
+        return griffin_lim(mel, cfg, n_iter=args.gl_iters), cfg.sampling_rate
+    chunk_frames = chunk_frames_of(vocoder_cfg, args)
+    if 0 < chunk_frames < mel.shape[1]:
+        return vocode_long(mel, model, chunk_frames), vocoder_cfg.sampling_rate
+    return vocode(mel[None], model)[0], vocoder_cfg.sampling_rate
+
+
+def vocode_files(files, model, vocoder_cfg, out_dir, args, written=None):
     """Writes <stem>.wav of every readable file: BigVGAN mels of equal length in batches
     (lm2a.vocoder.batches_by_length), a mel longer than --chunk_seconds alone in chunks, Griffin-Lim
-    one by one. -> (read, wrote, skipped)."""
+    one by one. Appends (npz path, wav path) of each wav written to the list `written` when given.
+    -> (read, wrote, skipped)."""
     counts = {"read": 0, "wrote": 0, "skipped": 0}
-    chunk_frames = 0
-    if vocoder_cfg is not None:
-        chunk_frames = int(round(args.chunk_seconds * vocoder_cfg.sampling_rate / vocoder_cfg.hop_size))
+    written = [] if written is None else written
+    chunk_frames = chunk_frames_of(vocoder_cfg, args)
 
     def batchable():  # yields the mels for batched BigVGAN; writes the others on the way
         for path in tqdm(files, desc="testwav", unit="file"):
@@ -180,13 +208,43 @@ def vocode_files(files, model, vocoder_cfg, out_dir, args):
                 yield path, mel
                 continue
             counts["wrote"] += 1
+            written.append((path, out_dir / f"{path.stem}.wav"))
 
     for batch in batches_by_length(batchable(), args.batch_size):
         wavs = vocode(np.stack([m for _, m in batch]), model)  # (B, T * hop)
         for (path, _), wav in zip(batch, wavs):
             write_wav(out_dir / f"{path.stem}.wav", wav, vocoder_cfg.sampling_rate)
             counts["wrote"] += 1
+            written.append((path, out_dir / f"{path.stem}.wav"))
     return counts["read"], counts["wrote"], counts["skipped"]
+
+
+def write_videos(written, model, vocoder_cfg, args):
+    """<stem>.mp4 beside each wav written (lm2a.video.render_video: the dance of the npz, lm2a.video.dance_of,
+    with that wav), and with --with_real <stem>_real.mp4 (the real mel through the same vocoder). A file
+    whose motion cannot be read, or whose audio and motion differ by more than a frame, is skipped with
+    its reason. -> (videos written, skipped, seconds)."""
+    counts, t0 = {"made": 0, "skipped": 0}, time.time()
+    for npz, wav_path in tqdm(written, desc="video", unit="file"):
+        try:
+            dance = dance_of(npz)
+            wav, sr = sf.read(wav_path, dtype="float32")
+            kind = "real" if dance["source"] == str(npz) else "generated"   # a stage-1 clip is the real thing
+            render_video(wav_path.with_suffix(".mp4"), dance["features"], wav, sr, read_mel(npz), dance["fps"],
+                         title=f"{npz.stem}  {kind}", where=f"{wav_path} (from {npz}) with motion {dance['source']}")
+            counts["made"] += 1
+            if args.with_real and dance["real_mel"] is None:
+                tqdm.write(f"{npz}: no real mel (none recorded, or the file is a real clip): no {npz.stem}_real.mp4")
+            elif args.with_real:
+                real, sr = to_wav(npz, dance["real_mel"], model, vocoder_cfg, args)
+                render_video(wav_path.with_name(f"{wav_path.stem}_real.mp4"), dance["features"], real, sr,
+                             dance["real_mel"], dance["fps"], title=f"{npz.stem}  real",
+                             where=f"the real mel of {npz} with motion {dance['source']}")
+                counts["made"] += 1
+        except (VideoError, ClipFileError) as e:
+            tqdm.write(f"skip video {e}")
+            counts["skipped"] += 1
+    return counts["made"], counts["skipped"], time.time() - t0
 
 
 def build_parser():
@@ -203,6 +261,10 @@ def build_parser():
     ap.add_argument("--gl_iters", type=int, default=GL_ITERS, help="Griffin-Lim iterations")
     ap.add_argument("--chunk_seconds", type=float, default=CHUNK_SECONDS,
                     help="BigVGAN: mels longer than this are vocoded in chunks (0 = never)")
+    ap.add_argument("--video", action=argparse.BooleanOptionalAction, default=VIDEO,
+                    help="also write <stem>.mp4: the dance as a stick figure with the wav (H.264 + AAC)")
+    ap.add_argument("--with_real", action=argparse.BooleanOptionalAction, default=WITH_REAL,
+                    help="also write <stem>_real.mp4 with the real mel vocoded the same way (implies --video)")
     return ap
 
 
@@ -220,8 +282,13 @@ def main(argv=None):
         return _refuse(e.mismatches)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_read, n_wrote, n_skipped = vocode_files(files, model, vocoder_cfg, out_dir, args)
-    print(f"testwav: read {n_read}, wrote {n_wrote}, skipped {n_skipped}, vocoder {vocoder_label}, "
+    written = []
+    n_read, n_wrote, n_skipped = vocode_files(files, model, vocoder_cfg, out_dir, args, written)
+    videos = ""
+    if args.video or args.with_real:
+        n_videos, n_no_video, video_s = write_videos(written, model, vocoder_cfg, args)
+        videos = f", videos {n_videos} ({n_no_video} skipped, {video_s:.1f} s)"
+    print(f"testwav: read {n_read}, wrote {n_wrote}, skipped {n_skipped}{videos}, vocoder {vocoder_label}, "
           f"{time.time() - t0:.1f} s -> {out_dir}")
     return 0 if n_wrote > 0 else 1
 
