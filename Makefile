@@ -50,8 +50,9 @@ demo: venv
 	song=$$($(PY) -c "import json; print(json.load(open('$(DEMO)/split/split.json'))['sets']['test']['songs'][0])") && \
 	$(PY) sample.py --ckpt $(DEMO)/runs/tiny --song $$(ls -d $(DEMO)/JustLMD/Songs_*/$$song | head -1) \
 	    --out_dir $(DEMO)/whole --guidance 2.0 --device cpu && \
-	$(PY) testwav.py --npz $(DEMO)/whole/$${song}_full_gen.npz --out_dir $(DEMO)/wav --device cpu && \
-	echo "  whole dance    $(DEMO)/wav/$${song}_full_gen.wav (mel plot $(DEMO)/whole/$${song}_full.png)"
+	$(PY) testwav.py --npz $(DEMO)/whole/$${song}_full_gen.npz --out_dir $(DEMO)/wav --device cpu --video && \
+	echo "  whole dance    $(DEMO)/wav/$${song}_full_gen.wav (mel plot $(DEMO)/whole/$${song}_full.png)" && \
+	echo "  dance video    $(DEMO)/wav/$${song}_full_gen.mp4 (the dancer with the music the model made)"
 
 # Every stage on a small AIST++-layout dataset (sometest/make_aist_data.py), the field's split and table.
 AIST := $(DEMO)/aist
@@ -67,10 +68,10 @@ demo-aist: venv
 	seq=$$(ls $(AIST)/split/test | head -1 | sed 's/__.*//') && music=$$(echo $$seq | sed 's/.*_\(m[A-Z][A-Z][0-9]\)_.*/\1/') && \
 	$(PY) sample.py --ckpt $(AIST)/runs/tiny --motion $(AIST)/aist_plusplus_final/motions/$$seq.pkl \
 	    --audio $$(ls $(AIST)/music/$$music.* | head -1) --out_dir $(AIST)/whole --guidance 2.0 --device cpu && \
-	$(PY) testwav.py --npz $(AIST)/whole/$${seq}_full_gen.npz --out_dir $(AIST)/wav --device cpu && \
+	$(PY) testwav.py --npz $(AIST)/whole/$${seq}_full_gen.npz --out_dir $(AIST)/wav --device cpu --video && \
 	echo && cat $(AIST)/val/field_table.md && echo && \
 	echo "demo-aist done: the field's table $(AIST)/val/field_table.md (report $(AIST)/val/report.html)," && \
-	echo "  a whole sequence's music $(AIST)/wav/$${seq}_full_gen.wav (mel plot $(AIST)/whole/$${seq}_full.png)"
+	echo "  a whole sequence's music $(AIST)/wav/$${seq}_full_gen.wav (video $(AIST)/wav/$${seq}_full_gen.mp4)"
 
 bench: venv
 	$(PY) sometest/bench.py --json BENCHMARKS.json

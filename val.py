@@ -81,6 +81,7 @@ PLOT_CLIPS = 4                 # clips shown in mel_pairs.png
 VOCODER = ""                   # BigVGAN folder for the waveform metrics ("" = Griffin-Lim)
 GL_ITERS = 64                  # Griffin-Lim iterations
 REPORT_CLIPS = 8               # clips shown (and playable) in report.html
+REPORT_VIDEOS = True           # an MP4 of each shown clip (the dancer with the generated audio) linked in report.html
 ATTENTION_CLIPS = 2            # clips with cross-attention maps in report.html
 ATTENTION_LAYER = ""           # cross-attention block to draw ("" = lm2a.report.default_attention_layer)
 OTHER_SONGS_DIR = "auto"       # real clips of other songs, the Fréchet reference ("auto" = the train folder beside --npz_dir, "" = none)
@@ -112,6 +113,8 @@ def build_parser():
     p.add_argument("--no_audio_metrics", action="store_true",
                    help="no vocoding: no waveform (rhythm) metrics, no audio in report.html")
     p.add_argument("--report_clips", type=int, default=REPORT_CLIPS, help="clips shown in report.html")
+    p.add_argument("--no_report_videos", dest="report_videos", action="store_false", default=REPORT_VIDEOS,
+                   help="no MP4 of the shown clips (report/video/<name>.mp4)")
     p.add_argument("--attention_clips", type=int, default=ATTENTION_CLIPS,
                    help="clips with cross-attention maps in report.html (needs --ckpt)")
     p.add_argument("--attention_layer", default=ATTENTION_LAYER,
@@ -208,7 +211,7 @@ def options_from_args(args):
                        report_clips=args.report_clips, attention_clips=args.attention_clips,
                        attention_layer=args.attention_layer, plot_clips=args.plot_clips, use_ema=not args.no_ema,
                        device=args.device, progress=not args.quiet, other_songs_dir=args.other_songs_dir,
-                       longform=config_from_args(LongformConfig, args))
+                       longform=config_from_args(LongformConfig, args), report_videos=args.report_videos)
 
 
 def main(argv=None):

@@ -42,6 +42,7 @@ from lm2a.musicality import FIGURES as MUSIC_FIGURES, music_figures
 from lm2a.rhythm import (METRIC_SOURCES, ONSET_PAD_MODE, PAPER_SR, RESOLUTION_NOTE, RHYTHM_KEYS, rhythm_scores,
                          summarize_rhythm)
 from lm2a.trained import load_model
+from lm2a.video import VideoError, render_video
 from models.diffusion import SamplingConfig
 
 ROW_KINDS = ("model", "uncond", "chance", "shuffled", "real")
@@ -85,6 +86,7 @@ class EvalOptions:
                                # ("auto" = the train folder beside npz_dir, "" = none)
     longform: LongformConfig = field(default_factory=LongformConfig)  # the model's window (clips longer are
                                # generated in windows and scored per window too) and the window settings
+    report_videos: bool = True  # an MP4 of each shown clip: the dancer with the generated audio
 
 
 @dataclass
@@ -626,14 +628,40 @@ def attention_record(summary, attention, names, seed):
                        "--no_references)"}
 
 
+def report_videos(opts, shown, gens, wav_paths, summary):
+    """OUT/report/video/<name>.mp4 of the shown clips (lm2a.video): the dancer with the generated audio
+    as val.py wrote it, its mel under a time cursor. -> {name: path relative to OUT}; records the videos
+    (or why there are none) in summary["report_videos"]. Needs the generated wavs (not with
+    --no_audio_metrics); a clip whose video fails is left out with its reason."""
+    generated = (wav_paths or {}).get("generated") or {}
+    if not opts.report_videos or not generated:
+        summary["report_videos"] = {"skipped": "--no_report_videos" if not opts.report_videos else
+                                    "no generated wavs (--no_audio_metrics)"}
+        return {}
+    out, failed = {}, []
+    for c in tqdm(shown, desc="report videos", unit="clip", disable=not opts.progress):
+        rel = f"{report.VIDEO_DIR}/{c['name']}.mp4"
+        try:
+            wav = evalaudio.read_wav(generated[c["name"]])
+            render_video(Path(opts.out_dir) / rel, c["motion"], wav, c["mel_config"].sampling_rate,
+                         gens[c["name"]], int(c["fps"]), title=f"{c['name']} generated",
+                         where=c["name"], progress=False)
+            out[c["name"]] = rel
+        except (VideoError, KeyError, OSError) as e:
+            failed.append({"clip": c["name"], "reason": str(e)})
+    summary["report_videos"] = {"dir": report.VIDEO_DIR, "videos": len(out), "failed": failed}
+    return out
+
+
 def write_report_files(opts, summary, scores, clips, items, gen, wav_paths, seed):
     """Mel and attention PNGs of the shown clips and report.html (lm2a.report) -> its path;
     records the attention settings in summary["attention"]."""
     out_dir = Path(opts.out_dir)
     picked = report.pick_clips(clips, max(opts.report_clips, 0))
     recorded_seed = summary["settings"].get("seed")
+    videos = report_videos(opts, [clips[i] for i in picked], gen.model, wav_paths, summary)
     info = report.clip_pages(out_dir, clips, picked, gen.model, wav_paths, scores.pairs,
-                             recorded_seed if isinstance(recorded_seed, int) else None)
+                             recorded_seed if isinstance(recorded_seed, int) else None, videos)
     names = [clips[i]["name"] for i in picked[:max(opts.attention_clips, 0)]]
     attention = []
     if names and gen.diffusion is not None:

@@ -1,15 +1,27 @@
 """report.html for stage 5 (val.py): one self-contained page a researcher can read and listen to.
 
-    OUT/report.html        the page (inline CSS, no script, every link relative to OUT)
+    OUT/report.html        the page (inline CSS and one small inline script, no external file: it
+                           opens from disk; every link relative to OUT)
     OUT/report/mels/       real above generated log-mel of each shown clip, one colour scale
     OUT/report/attention/  cross-attention maps of a few clips
+    OUT/report/video/      <clip>.mp4 of the dancer with its audio, where a video writer put one: the
+                           page links a clip's video only when the file exists when the page is written
     OUT/audio/             the wav files the page plays (lm2a.evalaudio)
 
 The page: the summary tables with their reference rows and a sentence computed from the numbers
 saying how to read them; the music-likeness figures (lm2a/musicality.py) of the real, generated and
 unconditional mels side by side with their Fréchet distances; per clip its song, time, lyric line,
-audio players (real, generated, unconditional, the chance clip), mels and metrics; cross-attention
-maps; the settings.
+audio players (real, generated, unconditional, the chance clip), the dancer, mels and metrics;
+cross-attention maps; the settings.
+
+The dancer. Each shown clip has a <canvas> with its stick figure (lm2a.skeleton.joint_positions of the
+clip's pose block), seen from the front. The joints are embedded once in a JSON block
+(id="lm2a-dancers"): per clip `origin_mm` (3 ints) and `joints_mm`, base64 of little-endian int16
+(frames, 24, 3) millimetres relative to the origin (4 * 2 * 72 / 3 = 192 base64 bytes a frame: about
+35 kB for a 6-second clip at 30 fps), with the bones once. The script draws frame
+floor(currentTime * fps) (clamped) of whichever of the clip's players plays, or was last played or
+sought; playing one pauses the clip's others; a URL hash #t=SECONDS sets every figure and player
+to that time (screenshots without user input).
 
 Cross-attention maps. A CrossAttentionBlock attends from the mel frames (queries) to two key sets
 with two separate softmaxes: the motion frames (at the mel frame rate, positionally encoded) and
@@ -21,9 +33,11 @@ attention block of the last up level (`up.<levels-1>.attn`): it works at the ful
 resolution (one query per output frame, where the mid blocks see T / 2^(levels-1) frames) and is the
 last attention before the output, so its weights are the ones closest to the frames the model writes.
 """
+import base64
 import contextlib
 import functools
 import html
+import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,10 +54,14 @@ from lm2a.lyrics import MAX_TOKENS, resolve_encoder_path
 from lm2a.musicality import CHROMA_WINDOW_S, FIGURES as MUSIC_FIGURES, HPSS_KERNEL, PARTIAL_MIN_FRAMES
 from lm2a.plots import mel_figure
 from lm2a.rhythm import METRIC_SOURCES, RESOLUTION_NOTE, aist_motion_beats
+from lm2a.skeleton import BONES, joint_positions
 from models.cross_attention import CrossAttentionBlock
+from models.layout import N_JOINTS, POSE, SMPL_JOINTS
 
 REPORT_FILE = "report.html"
 ASSET_DIR = "report"
+VIDEO_DIR = f"{ASSET_DIR}/video"    # where the report looks for <clip>.mp4 (relative to OUT)
+DANCER_SIZE = (240, 300)             # the dancer's canvas, CSS pixels (width, height)
 ROW_ORDER = ("model", "uncond", "chance", "shuffled", "real")
 ROW_LABELS = {"model": "model (generated vs real)",
               "uncond": "uncond (guidance 0, no conditions)",
@@ -75,7 +93,77 @@ th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}tr.model td{
 audio{width:100%}img{max-width:100%}.note{color:#555;font-size:12px}code{font-size:12px}
 th[colspan]{text-align:center}.side{display:flex;gap:16px;align-items:center}.side img{min-width:0}
 pre{background:#f7f7f7;border:1px solid #ddd;padding:8px;overflow-x:auto;font-size:12px}
+.dance{display:flex;gap:16px;align-items:flex-start;margin:8px 0}.dance .players{flex:1}
+canvas.dancer{border:1px solid #ddd;background:#fcfcfc}.figure{font-size:12px;width:min-content}
 """
+# The dancer of each shown clip (module docstring, "The dancer"): data from the JSON block
+# id="lm2a-dancers" (dancer_data), one canvas per clip, driven by the clip's players.
+DANCER_SCRIPT = r"""(() => {
+"use strict";
+const spec = JSON.parse(document.getElementById("lm2a-dancers").textContent);
+const LEFT = new Set(spec.left), RIGHT = new Set(spec.right);
+const colour = j => LEFT.has(j) ? "#e07000" : RIGHT.has(j) ? "#1f5fbf" : "#333";
+function decode(b64) {                        // little-endian int16, whatever this machine's byte order
+  const bin = atob(b64), view = new DataView(new ArrayBuffer(bin.length));
+  for (let i = 0; i < bin.length; i++) view.setUint8(i, bin.charCodeAt(i));
+  const out = new Int16Array(bin.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = view.getInt16(2 * i, true);
+  return out;
+}
+function dancer(clip) {
+  const canvas = document.getElementById(clip.canvas);
+  if (!canvas) return null;
+  const ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, n = clip.frames, J = spec.joints;
+  const players = clip.players.map(id => document.getElementById(id)).filter(Boolean);
+  const mm = decode(clip.joints_mm), lo = [Infinity, Infinity, Infinity], hi = [-Infinity, -Infinity, -Infinity];
+  for (let i = 0; i < mm.length; i++) { lo[i % 3] = Math.min(lo[i % 3], mm[i]); hi[i % 3] = Math.max(hi[i % 3], mm[i]); }
+  // One still camera for the whole clip (the dancer travels in it); the floor is the clip's lowest joint.
+  // Front view: the camera stands on +z looking back at the dancer (who faces +z at rest), y up. World +x,
+  // the dancer's left, is drawn to the RIGHT: x is not mirrored, so the dancer's left is on the viewer's
+  // right, as when facing a person. The canvas's y runs down, so y is flipped.
+  const margin = 14, top = 22;
+  const s = Math.min((W - 2 * margin) / Math.max(hi[0] - lo[0], 1), (H - top - 2 * margin) / Math.max(hi[1] - lo[1], 1));
+  const X = v => W / 2 + (v - (lo[0] + hi[0]) / 2) * s, Y = v => H - margin - (v - lo[1]) * s;
+  const width = z => 1.5 + 2.5 * (z - lo[2]) / Math.max(hi[2] - lo[2], 1);   // nearer the camera: thicker
+  const at = (f, j, a) => mm[(f * J + j) * 3 + a];
+  let active = players[0] || null, raf = 0;
+  function draw(t) {
+    const f = Math.min(n - 1, Math.max(0, Math.floor(t * clip.fps)));
+    ctx.clearRect(0, 0, W, H);
+    ctx.strokeStyle = "#aaa"; ctx.lineWidth = 1;
+    ctx.beginPath(); ctx.moveTo(0, Y(lo[1])); ctx.lineTo(W, Y(lo[1])); ctx.stroke();
+    ctx.lineCap = "round";
+    for (const [p, c] of spec.bones) {
+      ctx.strokeStyle = colour(c); ctx.lineWidth = width((at(f, p, 2) + at(f, c, 2)) / 2);
+      ctx.beginPath(); ctx.moveTo(X(at(f, p, 0)), Y(at(f, p, 1))); ctx.lineTo(X(at(f, c, 0)), Y(at(f, c, 1))); ctx.stroke();
+    }
+    ctx.fillStyle = "#333"; ctx.beginPath();
+    ctx.arc(X(at(f, spec.head, 0)), Y(at(f, spec.head, 1)), Math.max(3, 90 * s), 0, 2 * Math.PI); ctx.fill();
+    ctx.font = "12px system-ui, sans-serif"; ctx.fillText(`${t.toFixed(2)} s  (frame ${f} of 0-${n - 1})`, 6, 15);
+  }
+  const playing = () => players.find(p => !p.paused && !p.ended);
+  function follow() { draw(active.currentTime); raf = active.paused ? 0 : requestAnimationFrame(follow); }
+  for (const p of players) {
+    p.addEventListener("play", () => {
+      for (const q of players) if (q !== p && !q.paused) q.pause();      // one player drives the figure
+      active = p; cancelAnimationFrame(raf); raf = requestAnimationFrame(follow);
+    });
+    const stop = () => { if (p === active) { cancelAnimationFrame(raf); raf = 0; draw(p.currentTime); } };
+    const moved = () => { if (p === active || !playing()) { active = p; if (!raf) draw(p.currentTime); } };
+    for (const e of ["pause", "ended"]) p.addEventListener(e, stop);
+    for (const e of ["seeking", "seeked", "loadedmetadata"]) p.addEventListener(e, moved);
+  }
+  draw(0);
+  return t => { for (const p of players) p.currentTime = t; draw(t); };
+}
+const seekers = spec.clips.map(dancer).filter(Boolean);
+function fromHash() {                         // #t=1.5: every figure and player to 1.5 s
+  const m = /^#t=(\d+(?:\.\d*)?)$/.exec(location.hash);
+  if (m) for (const seek of seekers) seek(parseFloat(m[1]));
+}
+addEventListener("hashchange", fromHash);
+fromHash();
+})();"""
 
 
 # ---- attention recording ----------------------------------------------------------------------
@@ -214,10 +302,29 @@ def rel(out_dir, path):
     return quote(Path(path).resolve().relative_to(Path(out_dir).resolve()).as_posix())
 
 
-def clip_pages(out_dir, clips, picked, gens, wav_paths=None, pairs=None, seed=None):
+def encode_joints(joints):
+    """Joint positions (frames, 24, 3) in metres -> the page's compact form (module docstring):
+    dict(frames, origin_mm [x, y, z] ints, joints_mm base64 of little-endian int16 millimetres
+    relative to origin_mm). Rounding to the mm puts every joint within 0.5 mm of where it was."""
+    mm = np.rint(np.asarray(joints, dtype=np.float64) * 1000.0)
+    origin = np.rint(mm.reshape(-1, 3).mean(0))          # int16 spans +-32 m around the clip's centre
+    offsets = np.clip(mm - origin, -32768, 32767).astype("<i2")
+    return dict(frames=int(mm.shape[0]), origin_mm=[int(v) for v in origin],
+                joints_mm=base64.b64encode(offsets.tobytes()).decode("ascii"))
+
+
+def video_link(out_dir, name, videos=None):
+    """The link to the clip's MP4 (videos: {clip name: path relative to out_dir}; default
+    VIDEO_DIR/<name>.mp4), or None when that file does not exist now: the page has no dead link."""
+    path = (videos or {}).get(name, f"{VIDEO_DIR}/{name}.mp4")
+    return rel(out_dir, Path(out_dir) / path) if (Path(out_dir) / path).is_file() else None
+
+
+def clip_pages(out_dir, clips, picked, gens, wav_paths=None, pairs=None, seed=None, videos=None):
     """Writes the mel PNG of each picked clip -> list of per-clip dicts for write_report: name,
     song, start_s, seconds, lyric_text, mel_png, audio {real, generated, uncond, chance} (links or
-    None), chance_name, clip_seed."""
+    None), chance_name, clip_seed, fps, dancer (encode_joints of the clip's pose block), video (the
+    link of video_link(out_dir, name, videos) or None)."""
     out_dir = Path(out_dir)
     wav_paths = wav_paths or {}
     info = []
@@ -239,7 +346,9 @@ def clip_pages(out_dir, clips, picked, gens, wav_paths=None, pairs=None, seed=No
                          audio={"real": link("real", name), "generated": link("generated", name),
                                 "uncond": link("uncond", name),
                                 "chance": link("real", other) if other else None},
-                         chance_name=other, clip_seed=clip_seed(seed, name) if seed is not None else None))
+                         chance_name=other, clip_seed=clip_seed(seed, name) if seed is not None else None,
+                         fps=int(c["fps"]), dancer=encode_joints(joint_positions(c["motion"][:, POSE])),
+                         video=video_link(out_dir, name, videos)))
     return info
 
 
@@ -431,16 +540,35 @@ def reading_sentence(summary):
     return sentence + "."
 
 
-def clip_section(c, rows):
+def player_id(index, kind):
+    """The id of the index-th shown clip's player of `kind` (real, generated, uncond, chance)."""
+    return f"a{index}-{kind}"
+
+
+def dancer_id(index):
+    return f"dancer{index}"
+
+
+def dancer_figure(c, index):
+    """The clip's dancer canvas (drawn by DANCER_SCRIPT) and, when there is one, its MP4 link."""
+    video = f"<br><a href=\"{c['video']}\">video (MP4)</a>" if c.get("video") else ""
+    width, height = DANCER_SIZE
+    return (f"<div class=figure><canvas class=dancer id={dancer_id(index)} width={width} height={height}>"
+            f"(the dancer needs JavaScript)</canvas><br><span class=note>front view: the dancer's left "
+            f"(orange) is on your right; the figure follows the player that plays</span>{video}</div>")
+
+
+def clip_section(c, rows, index=0):
     title = (f"{html.escape(c['name'])} &mdash; song <b>{html.escape(c['song'])}</b>, "
              f"{c['start_s']:.2f}&ndash;{c['start_s'] + c['seconds']:.2f} s")
     players = []
     for kind, label in (("real", "real"), ("generated", "generated"), ("uncond", "unconditional"),
                         ("chance", f"chance: {c['chance_name']}" if c["chance_name"] else "chance")):
         src = c["audio"].get(kind)
-        player = (f"<audio controls preload=metadata src=\"{src}\"></audio>" if src else
-                  "<span class=note>no audio</span>")
+        player = (f"<audio id={player_id(index, kind)} controls preload=metadata src=\"{src}\"></audio>"
+                  if src else "<span class=note>no audio</span>")
         players.append(f"<div>{html.escape(label)}<br>{player}</div>")
+    figure = dancer_figure(c, index) if c.get("dancer") else ""
     mine = {r["row"]: r for r in rows if r["name"] == c["name"]}
     head = "".join(f"<th>{label}</th>" for _, label in CLIP_COLUMNS)
     body = "".join(f"<tr class={k}><td>{k}</td>" + "".join(
@@ -449,9 +577,30 @@ def clip_section(c, rows):
     seed = f" &middot; noise seed {c['clip_seed']}" if c.get("clip_seed") is not None else ""
     return (f"<div class=clip id=\"{html.escape(c['name'])}\"><h3>{title}</h3>"
             f"<p>lyric: &ldquo;{html.escape(c['lyric_text'])}&rdquo;{seed}</p>"
-            f"<div class=players>{''.join(players)}</div>"
+            f"<div class=dance>{figure}<div class=players>{''.join(players)}</div></div>"
             f"<div class=side><img src=\"{c['mel_png']}\" alt=\"mels of {html.escape(c['name'])}\">"
             f"<table><tr><th>row</th>{head}</tr>{body}</table></div></div>")
+
+
+def dancer_data(clips_info):
+    """What DANCER_SCRIPT draws: the bones and joint sides once, and per shown clip with a dancer its
+    canvas id, its players' ids, fps and encode_joints fields."""
+    clips = [dict(canvas=dancer_id(i), players=[player_id(i, k) for k, src in c["audio"].items() if src],
+                  fps=c["fps"], **c["dancer"]) for i, c in enumerate(clips_info) if c.get("dancer")]
+    return dict(joints=N_JOINTS, bones=[list(b) for b in BONES], clips=clips,
+                left=[j for j, n in enumerate(SMPL_JOINTS) if n.startswith("left_")],
+                right=[j for j, n in enumerate(SMPL_JOINTS) if n.startswith("right_")],
+                head=SMPL_JOINTS.index("head"))
+
+
+def dancer_scripts(clips_info):
+    """The JSON block of dancer_data and DANCER_SCRIPT, or "" when no clip has a dancer."""
+    data = dancer_data(clips_info)
+    if not data["clips"]:
+        return ""
+    text = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")   # never ends the block early
+    return (f"<script type=application/json id=lm2a-dancers>{text}</script>\n"
+            f"<script>{DANCER_SCRIPT}</script>")
 
 
 def settings_table(summary):
@@ -524,7 +673,8 @@ real and generated). Mean &plusmn; std over clips.</p>
 {f'<ul class=note>{notes}</ul>' if notes else ''}
 {per_window_section(summary)}
 <h2>Clips</h2>
-{chr(10).join(clip_section(c, rows) for c in clips_info)}
+{chr(10).join(clip_section(c, rows, i) for i, c in enumerate(clips_info))}
+{dancer_scripts(clips_info)}
 {att}
 <h2>Plots</h2>{plot_html}
 <h2>Settings</h2>

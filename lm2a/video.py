@@ -287,6 +287,7 @@ def render_video(path, features, wav, sr, mel, fps=MOTION_FPS, title="", where="
                          f"got {features.shape} and {mel.shape}")
     n, duration = len(features), len(features) / fps
     wav = fit_audio(wav, sr, n, fps, where)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     beats, onsets = motion_beats(features, fps), audio_onsets(wav, sr)
     px, ground_px = figure_pixels(joint_positions(features[:, POSE]))
     base = background(mel_panel(mel, beats, onsets, duration), ground_px, title)

@@ -273,3 +273,14 @@ def test_bigvgan_vocoder_and_no_audio(run, tmp_path):
     assert "<audio" not in text and "no waveform metrics" in text.lower()
     assert "no field table: --no_audio_metrics" in text and not (out2 / FT.FIELD_TABLE_FILE).exists()
     assert json.loads((out2 / "summary.json").read_text())["rhythm"] is None
+
+
+def test_shown_clips_get_a_dance_video_linked_in_the_page(run):
+    """val.py renders report/video/<name>.mp4 of each shown clip (lm2a/video.py) and the page links it."""
+    out = run["out"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["report_videos"]["videos"] == 3 and summary["report_videos"]["failed"] == []
+    videos = sorted((out / "report" / "video").glob("*.mp4"))
+    assert len(videos) == 3 and all(v.stat().st_size > 1000 for v in videos)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert all(f"report/video/{v.name}" in page for v in videos)
