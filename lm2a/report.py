@@ -54,7 +54,7 @@ from lm2a.lyrics import MAX_TOKENS, resolve_encoder_path
 from lm2a.musicality import CHROMA_WINDOW_S, FIGURES as MUSIC_FIGURES, HPSS_KERNEL, PARTIAL_MIN_FRAMES
 from lm2a.plots import mel_figure
 from lm2a.rhythm import METRIC_SOURCES, RESOLUTION_NOTE, aist_motion_beats
-from lm2a.skeleton import BONES, joint_positions
+from lm2a.skeleton import BONES, SIDE_COLOURS, SIDE_NAMES, joint_positions
 from models.cross_attention import CrossAttentionBlock
 from models.layout import N_JOINTS, POSE, SMPL_JOINTS
 
@@ -102,7 +102,7 @@ DANCER_SCRIPT = r"""(() => {
 "use strict";
 const spec = JSON.parse(document.getElementById("lm2a-dancers").textContent);
 const LEFT = new Set(spec.left), RIGHT = new Set(spec.right);
-const colour = j => LEFT.has(j) ? "#e07000" : RIGHT.has(j) ? "#1f5fbf" : "#333";
+const colour = j => LEFT.has(j) ? spec.colours.left : RIGHT.has(j) ? spec.colours.right : "#333";
 function decode(b64) {                        // little-endian int16, whatever this machine's byte order
   const bin = atob(b64), view = new DataView(new ArrayBuffer(bin.length));
   for (let i = 0; i < bin.length; i++) view.setUint8(i, bin.charCodeAt(i));
@@ -555,7 +555,7 @@ def dancer_figure(c, index):
     width, height = DANCER_SIZE
     return (f"<div class=figure><canvas class=dancer id={dancer_id(index)} width={width} height={height}>"
             f"(the dancer needs JavaScript)</canvas><br><span class=note>front view: the dancer's left "
-            f"(orange) is on your right; the figure follows the player that plays</span>{video}</div>")
+            f"({SIDE_NAMES['left']}) is on your right; the figure follows the player that plays</span>{video}</div>")
 
 
 def clip_section(c, rows, index=0):
@@ -590,7 +590,8 @@ def dancer_data(clips_info):
     return dict(joints=N_JOINTS, bones=[list(b) for b in BONES], clips=clips,
                 left=[j for j, n in enumerate(SMPL_JOINTS) if n.startswith("left_")],
                 right=[j for j, n in enumerate(SMPL_JOINTS) if n.startswith("right_")],
-                head=SMPL_JOINTS.index("head"))
+                head=SMPL_JOINTS.index("head"),
+                colours={side: "#%02x%02x%02x" % rgb for side, rgb in SIDE_COLOURS.items()})
 
 
 def dancer_scripts(clips_info):

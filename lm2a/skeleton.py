@@ -50,6 +50,9 @@ def rest_joints(height=HEIGHT_M):
 
 REST = rest_joints()
 BONES = tuple((p, j) for j, p in enumerate(SMPL_PARENTS) if p >= 0)   # (parent, child) pairs to draw
+# the sides drawn in one colour everywhere (video and report): the dancer's left blue, right red
+SIDE_COLOURS = {"left": (60, 150, 245), "right": (240, 95, 60)}
+SIDE_NAMES = {"left": "blue", "right": "red"}
 
 
 def joint_positions(poses, rest=REST):

@@ -38,7 +38,7 @@ from lm2a.clipio import ClipFileError, atomic_file, load_clip
 from lm2a.metrics import MOTION_FPS, mel_to_db, motion_beats
 from lm2a.motion import MotionFileError, read_motion
 from lm2a.rhythm import LORIS_PEAKS, PAPER_ONSET_HOP, PAPER_SR, pick_onsets, wav_onset_envelope
-from lm2a.skeleton import BONES, joint_positions
+from lm2a.skeleton import BONES, SIDE_COLOURS, joint_positions
 from models.layout import NUM_MELS, POSE, SMPL_JOINTS
 
 WIDTH, HEIGHT = 640, 480            # pixels; multiples of 16 (H.264 macroblocks, no rescaling)
@@ -51,7 +51,7 @@ BONE_PX, HEAD_PX, MARKER_PX = 4, 9, 9
 CRF, PRESET = 23, "veryfast"        # libx264 quality and speed
 AUDIO_RATE, AUDIO_BITRATE = 44100, "128k"   # AAC frames of 1024 samples: 23 ms, under one video frame
 BACKGROUND, GROUND, TEXT = (18, 18, 26), (110, 110, 120), (225, 225, 225)
-LEFT, RIGHT, CENTRE = (80, 170, 255), (255, 110, 80), (235, 235, 235)
+LEFT, RIGHT, CENTRE = SIDE_COLOURS["left"], SIDE_COLOURS["right"], (235, 235, 235)
 BEAT_COLOUR, ONSET_COLOUR, DIM = (255, 215, 0), (0, 230, 200), (55, 55, 65)
 COLORMAP = "magma"
 MEL_PERCENTILES = (1.0, 99.5)        # the mel panel's colour scale runs between these percentiles

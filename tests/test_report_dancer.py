@@ -16,12 +16,12 @@ import pytest
 import soundfile as sf
 
 from lm2a import report as REP
-from lm2a.skeleton import BONES, joint_positions
+from lm2a.skeleton import BONES, SIDE_COLOURS, joint_positions
 from models.layout import JOINT_DIMS, N_JOINTS, POSE_DIM, SMPL_JOINTS, TH
 
 FPS, SR, HOP, FRAMES = 30, 22050, 256, 60
 MEL_FRAMES = FRAMES * SR // (FPS * HOP)          # 172 mel frames: the clip's 2 s
-LEFT, RIGHT, HEAD = (224, 112, 0), (31, 95, 191), (51, 51, 51)   # the script's colours
+LEFT, RIGHT, HEAD = SIDE_COLOURS["left"], SIDE_COLOURS["right"], (51, 51, 51)   # the script's colours
 J = {n: i for i, n in enumerate(SMPL_JOINTS)}
 
 
