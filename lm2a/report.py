@@ -549,6 +549,11 @@ def dancer_id(index):
     return f"dancer{index}"
 
 
+def lyric_html(text):
+    """The clip's lyric line quoted, or what stands for none (AIST++ clips: the learned null lyric)."""
+    return f"&ldquo;{html.escape(text)}&rdquo;" if text else "none (the null lyric)"
+
+
 def dancer_figure(c, index):
     """The clip's dancer canvas (drawn by DANCER_SCRIPT) and, when there is one, its MP4 link."""
     video = f"<br><a href=\"{c['video']}\">video (MP4)</a>" if c.get("video") else ""
@@ -576,7 +581,7 @@ def clip_section(c, rows, index=0):
         for m, _ in CLIP_COLUMNS) + "</tr>" for k in ROW_ORDER if k in mine)
     seed = f" &middot; noise seed {c['clip_seed']}" if c.get("clip_seed") is not None else ""
     return (f"<div class=clip id=\"{html.escape(c['name'])}\"><h3>{title}</h3>"
-            f"<p>lyric: &ldquo;{html.escape(c['lyric_text'])}&rdquo;{seed}</p>"
+            f"<p>lyric: {lyric_html(c['lyric_text'])}{seed}</p>"
             f"<div class=dance>{figure}<div class=players>{''.join(players)}</div></div>"
             f"<div class=side><img src=\"{c['mel_png']}\" alt=\"mels of {html.escape(c['name'])}\">"
             f"<table><tr><th>row</th>{head}</tr>{body}</table></div></div>")
