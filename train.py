@@ -49,10 +49,22 @@ TrainConfig, RunConfig; tests/test_settings.py checks that they agree). The piec
 train_step, validation_loss, the checkpoint layout) live in lm2a/training.py, the run's bookkeeping
 in lm2a/run.py; this file is the command line and the loop.
 
+--resume (and --init_from) with a folder use its newest checkpoint that can be read: a truncated newer
+one (a crash during a copy) is skipped with a line naming it. Before the first step the run warns when
+--save_dir has less free space than 3 checkpoints need (lm2a.run.ROOM_FOR_CHECKPOINTS).
+
 Exit codes: 0 done; 130 interrupted by Ctrl-C / SIGTERM (last.pt saved: --resume continues);
-3 too many non-finite losses in a row; 2 unreadable input (clip or checkpoint files).
+3 too many non-finite losses in a row; 2 unreadable input (clip or checkpoint files);
+4 disk (or quota) full at a checkpoint save: the line names the file, the space it needed and the space
+free; the previous checkpoints are intact and no temp file is left: free space (or move the run folder)
+and --resume continues from the newest intact checkpoint.
+5 under DDP a rank did not answer within the collective timeout (lm2a.run.COLLECTIVE_TIMEOUT_S, env
+LM2A_COLLECTIVE_TIMEOUT_S): the line names it; the checkpoints stay as last written, --resume continues.
+75 --save_dir is in use by another run (its lock .lm2a.lock, lm2a/lock.py; rank 0 holds it): the line
+names that run; wait, or if it is gone remove the lock or pass --break_lock (not --force).
 """
 import argparse
+import os
 import random
 import sys
 import time
@@ -65,13 +77,16 @@ from tqdm import tqdm
 
 from dataset import MelDataset
 from lm2a.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, step_file_name
-from lm2a.clipio import ClipFileError
+from lm2a.clipio import ClipFileError, DiskFullError
 from lm2a.config import add_config_flags, config_from_args, constants_for, flag_fields
 from lm2a.data import collate_fn, fixed_lyric_collate
-from lm2a.run import Run, check_clip_configs, prepare_save_dir, ranks_agree, setup_processes
+from lm2a.lock import EXIT_FOLDER_IN_USE, FolderInUse, FolderLock, add_break_lock_flag
+from lm2a.run import (RanksLost, Run, check_clip_configs, lost_ranks, prepare_save_dir, ranks_agree,
+                      room_warning, setup_processes)
 from lm2a.trained import trained_model
 from lm2a.training import (EpochBatchSampler, RunConfig, RunState, StopFlag, TrainConfig, build_parts,
-                           ignore_sigint, restore_training, saved_settings, start_from_weights, train_step)
+                           checkpoint_bytes, ignore_sigint, restore_training, run_origins, saved_settings,
+                           start_from_weights, train_step, world_from_env)
 from models.diffusion import DiffusionConfig
 from models.motion_features import motion_feature_dim
 from models.unet1d_ultimate import UNetConfig
@@ -138,6 +153,8 @@ DEVICE = "auto"                # auto, cpu, cuda, cuda:1
 
 EXIT_INTERRUPTED = 130
 EXIT_NONFINITE = 3
+EXIT_DISK_FULL = 4
+EXIT_RANK_LOST = 5
 SETTINGS = (TrainConfig, RunConfig)  # restored from the checkpoint on --resume, flags over them
 
 
@@ -158,6 +175,7 @@ def build_parser():
                    help="a new run from this checkpoint's weights (file, or a run folder: its newest)")
     p.add_argument("--force", action="store_true",
                    help="start fresh although --save_dir holds checkpoints (deletes them)")
+    add_break_lock_flag(p)
     p.add_argument("--device", default=DEVICE)
     p.add_argument("--no_progress", action="store_true", help="no tqdm bar (logs, CI)")
     return p
@@ -191,9 +209,15 @@ def resolve_configs(args, source, lyric_dim, flag="--resume"):
 def resolve_settings(cls, args, ckpt):
     """-> (settings, changed): a TrainConfig or RunConfig from the flags over the constants above; on
     resume the flags over the checkpoint's own settings, so a resumed run goes on as it was started
-    unless a flag says otherwise. changed: "name old -> new" for each setting a flag changed."""
+    unless a flag says otherwise. changed: "name old -> new" for each setting a flag changed. The
+    RunConfig's folders are made absolute (a flag's from here; an older checkpoint's relative ones from
+    where its run started), so --resume finds them from any folder."""
     base = cls(**constants_for(cls, globals())) if ckpt is None else saved_settings(ckpt, cls)
+    if cls is RunConfig and ckpt is not None:
+        base = base.anchored(*run_origins(ckpt))
     settings = config_from_args(cls, args, base)
+    if cls is RunConfig:
+        settings = settings.anchored(os.getcwd())
     names = [f.name for f in flag_fields(cls)]
     changed = [f"{k} {getattr(base, k)} -> {getattr(settings, k)}" for k in names
                if ckpt is not None and getattr(base, k) != getattr(settings, k)]
@@ -201,19 +225,20 @@ def resolve_settings(cls, args, ckpt):
 
 
 def checkpoint_to_resume(args, log):
-    """The checkpoint dict --resume names (None without --resume)."""
+    """The checkpoint dict --resume names (None without --resume): a folder's (the save dir's without a
+    value) newest readable one, naming each unreadable newer one it skips."""
     if args.resume is None:
         return None
     source = Path(args.save_dir) if args.resume == "auto" else Path(args.resume)
     try:
-        ckpt = load_checkpoint(find_checkpoint(source), map_location="cpu")
+        ckpt = load_checkpoint(source, map_location="cpu", log=log)
     except FileNotFoundError as e:
         raise SystemExit(f"train.py: --resume: {e}")
     log(f"train.py: resuming from {ckpt['_path']} (step {ckpt['step']})")
     return ckpt
 
 
-def checkpoint_to_init_from(args):
+def checkpoint_to_init_from(args, log):
     """The checkpoint dict --init_from names (None without it)."""
     if args.init_from is None:
         return None
@@ -221,7 +246,7 @@ def checkpoint_to_init_from(args):
         raise SystemExit("train.py: --init_from starts a new run from another run's weights and --resume "
                          "continues the run in --save_dir: give one of them")
     try:
-        ckpt = load_checkpoint(args.init_from, map_location="cpu")
+        ckpt = load_checkpoint(args.init_from, map_location="cpu", log=log)
     except FileNotFoundError as e:
         raise SystemExit(f"train.py: --init_from: {e}")
     if Path(ckpt["_path"]).resolve().parent == Path(args.save_dir).resolve():
@@ -327,7 +352,7 @@ def setup(args, rank, world, device, log):
     the settings, the data (train statistics), the run's parts and counters.
     -> (run, loader, sampler, total_steps)."""
     is_main = rank == 0
-    init = checkpoint_to_init_from(args)
+    init = checkpoint_to_init_from(args, log)
     ckpt = checkpoint_to_resume(args, log)
     source_ckpt = ckpt if ckpt is not None else init
     source = trained_model(source_ckpt) if source_ckpt is not None else None
@@ -347,6 +372,9 @@ def setup(args, rank, world, device, log):
     parts = build_parts(model_cfg, diffusion_cfg, train_cfg, norm_stats_for(train_ds, source), device,
                         total_steps, net_wrapper(run_cfg, world, device), rank, world)
     state = resume_state(ckpt, parts, sampler, changed, run_changed, world, log)
+    warning = room_warning(save_dir, checkpoint_bytes(parts)) if is_main else None
+    if warning:
+        log(f"train.py: warning: {warning}")
     if init is not None:
         start_from_weights(init, parts)
         log(describe_init(init))
@@ -488,15 +516,24 @@ def train(args):
         if run.val_ds is not None and run.state.step == 0:
             run.log(run.evaluate(with_samples=False), run.parts.optimizer.param_groups[0]["lr"])
         last_step = min(total_steps, run.state.step + args.stop_after) if args.stop_after > 0 else total_steps
-        with tqdm(total=total_steps, initial=run.state.step, desc="train", unit="step", dynamic_ncols=True,
-                  disable=rank != 0 or args.no_progress) as bar:
-            stop_reason, lr = loop(run, loader, sampler, last_step, total_steps, stop, bar)
-        # before finish(): its checkpoint barriers are then the last collectives, whose work objects
-        # hold no Python tensors (a gloo group torn down while a worker thread still frees one can
-        # deadlock on the GIL)
-        agree = ranks_agree(run.parts)
-        exit_code = finish(run, stop_reason, stop, total_steps, args.stop_after, lr, log)
+        try:
+            with tqdm(total=total_steps, initial=run.state.step, desc="train", unit="step", dynamic_ncols=True,
+                      disable=rank != 0 or args.no_progress) as bar:
+                stop_reason, lr = loop(run, loader, sampler, last_step, total_steps, stop, bar)
+            # before finish(): its checkpoint barriers are then the last collectives, whose work objects
+            # hold no Python tensors (a gloo group torn down while a worker thread still frees one can
+            # deadlock on the GIL)
+            agree = ranks_agree(run.parts)
+            exit_code = finish(run, stop_reason, stop, total_steps, args.stop_after, lr, log)
+        except DiskFullError as e:  # at a checkpoint save, on every rank (Run.save)
+            log(f"train.py: stopped at step {run.state.step}: {e}")
+            agree, exit_code = None, EXIT_DISK_FULL
         return report(run, exit_code, agree, t_start, sampler.batches_per_epoch, log)
+    except RuntimeError as e:  # under DDP a collective that timed out: name the rank that did not answer
+        lost = lost_ranks(e, rank, world, args.save_dir)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         stop.uninstall()
         if run is not None:
@@ -508,10 +545,21 @@ def train(args):
 def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
-        return train(args)["exit_code"]
+        with FolderLock(args.save_dir, "train.py", args.break_lock, enabled=world_from_env()[0] == 0):
+            return train(args)["exit_code"]
+    except FolderInUse as e:
+        print(e, file=sys.stderr)
+        return EXIT_FOLDER_IN_USE
+    except RanksLost as e:
+        if e.line:
+            print(e.line, file=sys.stderr)
+        return EXIT_RANK_LOST
     except (ClipFileError, CheckpointError, FileNotFoundError, ValueError) as e:  # bad input: no traceback
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
+    except DiskFullError as e:  # a write before the loop (the loop's saves: train())
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return EXIT_DISK_FULL
 
 
 if __name__ == "__main__":

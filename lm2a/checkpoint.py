@@ -12,8 +12,12 @@ FORMATS.md lists every key. The layout is written once: lm2a.training's `trainin
 the dict from a run's parts and state and `restore_training` puts it back; lm2a.trained rebuilds the
 model from it. This module only reads, writes and finds the files, and says what a key that an older
 file lacks meant (LEGACY_VALUES). File names in a save dir: step_00001234.pt, best.pt, last.pt.
+A folder read as a checkpoint means its newest one that torch.load can read (a truncated newer one is
+skipped, named in a line); a full disk while saving raises lm2a.clipio.DiskFullError in one line, the
+previous file intact.
 """
 import re
+import sys
 from collections import OrderedDict
 from dataclasses import fields
 from pathlib import Path
@@ -28,10 +32,22 @@ REQUIRED_KEYS = ("schema_version", "kind", "model_class", "model_config", "diffu
                  "norm_stats", "mel_config", "text_encoder", "step", "epoch", "model", "ema")
 NORM_STAT_KEYS = ("mel_mean", "mel_std", "motion_mean", "motion_std")
 STEP_FILE_RE = re.compile(r"^step_(\d+)\.pt$")
+ROOM_ADVICE = "free space there or choose another --save_dir"
+SAVE_ADVICE = f"{ROOM_ADVICE}; train.py --resume continues from the newest intact checkpoint"
 
 
 class CheckpointError(ValueError):
     pass
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """torch.load could not read the file (truncated, cut short by a crash during a copy, not a
+    torch file): a folder's newest checkpoint that is unreadable is skipped for an older one.
+    reason: torch's error, one line."""
+
+    def __init__(self, message, reason=""):
+        super().__init__(message)
+        self.reason = reason
 
 
 def step_file_name(step: int) -> str:
@@ -58,13 +74,28 @@ def _check_loadable(obj, where="checkpoint"):
                     f"with torch.load(weights_only=True); store tensors, dicts, lists, str or numbers")
 
 
+def tensor_bytes(obj) -> int:
+    """The bytes of the tensors anywhere in nested dicts/lists: about a checkpoint's size on disk."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_checkpoint(obj: dict, path) -> Path:
     """Writes `obj` to `path` atomically (lm2a.clipio.atomic_file: a reader never sees half a
     checkpoint, and a crash mid-write leaves the previous file intact). Refuses (before writing)
-    anything torch.load(weights_only=True) could not read back."""
+    anything torch.load(weights_only=True) could not read back. A full disk raises
+    lm2a.clipio.DiskFullError (one line: the file, the space it needs and the space free)."""
     path = Path(path)
     _check_loadable(obj)
-    with atomic_file(path, "wb") as f:
+    # the size it needs: its tensors', or that of the file it replaces or of the run's newest step file
+    earlier = [path] + [p for _, p in step_checkpoints(path.parent)[-1:]]
+    expected = max([tensor_bytes(obj)] + [p.stat().st_size for p in earlier if p.is_file()])
+    with atomic_file(path, "wb", expected_size=expected, advice=SAVE_ADVICE) as f:
         torch.save(obj, f)
     return path
 
@@ -89,37 +120,46 @@ def _peek_step(path: Path):
         return None
 
 
+def _newest_first(folder: Path):
+    """[(step or None, path)] of a run folder's checkpoints, newest first: step_*.pt by the step in
+    their names and last.pt by its stored step (it wins a tie: it is written after the step file of
+    the same step); a last.pt whose step cannot be read (None) comes first, the newest file as far as
+    anyone can tell, so that loading it says why it is skipped."""
+    candidates = [(step, 0, path) for step, path in step_checkpoints(folder)]
+    last = folder / "last.pt"
+    if last.is_file():
+        step = _peek_step(last)
+        candidates.append((float("inf") if step is None else step, 1, last))
+    return [(None if step == float("inf") else step, path) for step, _, path in sorted(candidates, reverse=True)]
+
+
 def find_checkpoint(path_or_dir) -> Path:
     """A file -> itself. A folder -> its newest checkpoint by step among step_*.pt and last.pt
-    (last.pt wins a tie: it is written after the step file of the same step)."""
+    (last.pt wins a tie: it is written after the step file of the same step; an unreadable last.pt
+    is passed over). load_checkpoint also passes over unreadable step files."""
     p = Path(path_or_dir)
     if p.is_file():
         return p
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint file or folder")
-    candidates = [(step, 0, path) for step, path in step_checkpoints(p)]
-    last = p / "last.pt"
-    if last.is_file():
-        step = _peek_step(last)
-        if step is not None:
-            candidates.append((step, 1, last))
-    if not candidates:
+    readable = [path for step, path in _newest_first(p) if step is not None]
+    if not readable:
         raise FileNotFoundError(
             f"{p}: no checkpoint in this folder (expected step_XXXXXXXX.pt or last.pt written by "
             f"train.py; is it the right --save_dir?)")
-    return max(candidates)[2]
+    return readable[0]
 
 
-def load_checkpoint(path_or_dir, map_location="cpu") -> dict:
-    """Loads an LM2A checkpoint (a folder means its newest one) with weights_only=True and checks
-    that it is one. The path it came from is stored under '_path'."""
-    path = find_checkpoint(path_or_dir)
+def _read_checkpoint(path: Path, map_location) -> dict:
+    """torch.load + the checks that it is an LM2A checkpoint this code reads. UnreadableCheckpoint
+    when torch.load fails, CheckpointError when it reads but is not one."""
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read as an LM2A checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); is it a file written "
-                              f"by train.py?") from e
+        first = str(e).splitlines()[0].split(". ")[0] if str(e) else ""  # torch adds paragraphs of advice
+        reason = f"{type(e).__name__}: {first}"
+        raise UnreadableCheckpoint(f"{path}: cannot read as an LM2A checkpoint ({reason}); is it a complete "
+                                   f"file written by train.py?", reason) from e
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
         what = f"a {type(ckpt).__name__}" if not isinstance(ckpt, dict) else \
             f"a dict with kind={ckpt.get('kind')!r} and keys {sorted(ckpt)[:8]}"
@@ -139,11 +179,62 @@ def load_checkpoint(path_or_dir, map_location="cpu") -> dict:
     return ckpt
 
 
-def prune_step_checkpoints(save_dir, keep):
-    """Deletes all but the newest `keep` step_XXXXXXXX.pt files (keep 0 = keep all) -> the deleted."""
+def readable_checkpoints(folder, but=None):
+    """'step_00000010.pt (step 10), best.pt (step 8)': the checkpoints of `folder` whose step can be
+    read (newest first, best.pt last), except the file `but`."""
+    folder = Path(folder)
+    paths = [path for _, path in _newest_first(folder)] + [folder / "best.pt"]
+    found = [(path, _peek_step(path)) for path in paths if path.is_file() and path != Path(but or "")]
+    return ", ".join(f"{path.name} (step {step})" for path, step in found if step is not None)
+
+
+def _stderr(line):
+    print(line, file=sys.stderr)
+
+
+def _load_newest_readable(folder: Path, map_location, log) -> dict:
+    """The newest checkpoint of a run folder that torch.load can read; each one skipped is named in a
+    line to `log`."""
+    candidates = [path for _, path in _newest_first(folder)]
+    if not candidates:
+        find_checkpoint(folder)  # raises the 'no checkpoint in this folder' error
+    for path in candidates:
+        try:
+            return _read_checkpoint(path, map_location)
+        except UnreadableCheckpoint as e:
+            log(f"lm2a: skipping {path}: cannot be read ({e.reason}; truncated, e.g. by a crash during a "
+                f"copy?); trying the next older checkpoint")
+    names = ", ".join(p.name for p in candidates)
+    raise CheckpointError(f"{folder}: none of its checkpoints can be read ({names}: truncated or not written "
+                          f"by train.py); delete them and start over, or name another checkpoint")
+
+
+def load_checkpoint(path_or_dir, map_location="cpu", log=_stderr) -> dict:
+    """Loads an LM2A checkpoint with weights_only=True and checks that it is one. The path it came
+    from is stored under '_path'. A folder means its newest checkpoint that can be read: unreadable
+    newer ones (truncated: a crash during a copy) are skipped with one line each to `log`. A file
+    named explicitly that cannot be read is an error naming the folder's readable checkpoints."""
+    p = Path(path_or_dir)
+    if p.is_dir():
+        return _load_newest_readable(p, map_location, log)
+    path = find_checkpoint(p)
+    try:
+        return _read_checkpoint(path, map_location)
+    except UnreadableCheckpoint as e:
+        others = readable_checkpoints(path.parent, but=path)
+        if not others:
+            raise
+        raise UnreadableCheckpoint(f"{e} Readable checkpoints in {path.parent}: {others} (name one, or "
+                                   f"the folder: its newest readable one)", e.reason) from e
+
+
+def prune_step_checkpoints(save_dir, keep, upto=None):
+    """Deletes all but the newest `keep` step_XXXXXXXX.pt files (keep 0 = keep all) -> the deleted.
+    upto: only files of steps up to this one count (a run resumed from an older checkpoint leaves the
+    newer files, perhaps unreadable ones, alone until it overwrites them)."""
     if keep <= 0:
         return []
-    old = step_checkpoints(save_dir)[:-keep]
+    old = [(step, path) for step, path in step_checkpoints(save_dir) if upto is None or step <= upto][:-keep]
     for _, path in old:
         path.unlink(missing_ok=True)
     return [p for _, p in old]

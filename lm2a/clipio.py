@@ -2,8 +2,10 @@
 every stage shares: the clip-name rule, atomic writes, strict JSON."""
 import contextlib
 import dataclasses
+import errno
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,6 +32,67 @@ os.umask(_UMASK)
 
 class ClipFileError(ValueError):
     pass
+
+
+DISK_FULL_ERRNOS = {errno.ENOSPC: "disk", errno.EDQUOT: "disk quota"}
+WRITE_ADVICE = "free space there or write to another folder"
+
+
+class DiskFullError(OSError):
+    """A write that found the disk (or the user's quota) full, raised by atomic_file: the previous
+    file is intact and the temp file removed. str() is one line naming the file, the space the write
+    needed, the space free and what to do; path, needed, written and free (bytes) for callers."""
+
+    def __init__(self, err, message, path=None, needed=0, written=0, free=None):
+        super().__init__(err, message)
+        self.message, self.path, self.needed, self.written, self.free = message, path, needed, written, free
+
+    def __str__(self):
+        return self.message
+
+
+def fmt_bytes(n) -> str:
+    """12345678 -> '11.8 MiB' (B, KiB, MiB, GiB)."""
+    n, unit = float(n), "B"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            break
+        n, unit = n / 1024, bigger
+    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+
+
+def disk_full_cause(exc):
+    """The OSError with errno ENOSPC or EDQUOT in `exc` or the exceptions behind it (torch.save
+    turns the file's OSError into a RuntimeError 'unexpected pos' whose context it is), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def free_bytes(folder):
+    """Free bytes for this user in `folder` (shutil.disk_usage), None where it cannot be read."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def disk_full_error(path, cause, written, expected=None, advice=WRITE_ADVICE) -> DiskFullError:
+    """The DiskFullError of a write of `path` that failed with `cause` (ENOSPC/EDQUOT) after `written`
+    bytes; expected: the file's expected size in bytes where known."""
+    path = Path(path)
+    free = free_bytes(path.parent)
+    needed = max(expected or 0, written)
+    need = f"about {fmt_bytes(needed)}" if expected else f"more than {fmt_bytes(written)}"
+    kept = "; the previous file is intact" if path.exists() else ""
+    message = (f"{path}: not written, the {DISK_FULL_ERRNOS[cause.errno]} is full ({os.strerror(cause.errno)}): "
+               f"the file needs {need} ({fmt_bytes(written)} written when it filled), "
+               f"{'?' if free is None else fmt_bytes(free)} free in {path.parent}{kept}; {advice}")
+    return DiskFullError(cause.errno, message, path, needed, written, free)
 
 
 def clip_name(song: str, start_s: float) -> str:
@@ -105,11 +168,13 @@ def list_clip_files(directory):
 
 
 @contextlib.contextmanager
-def atomic_file(path, mode="wb", encoding=None):
+def atomic_file(path, mode="wb", encoding=None, expected_size=None, advice=WRITE_ADVICE):
     """Opens a temp file beside `path` for writing and yields it; when the block ends without an
     exception the file is flushed, fsync'ed, given the usual permissions (0o666 & ~umask; mkstemp
     makes 0600) and renamed onto `path` (os.replace). On any exception the temp file is removed
-    and `path` is left as it was: a reader never sees half a file. Creates missing folders.
+    and `path` is left as it was: a reader never sees half a file. Creates missing folders. A full
+    disk or quota (ENOSPC, EDQUOT) raises DiskFullError (one line: the file, the space it needed,
+    `expected_size` where given, the space free, then `advice`: what to do).
 
         with atomic_file(path) as f:              # binary
             np.savez(f, **arrays)
@@ -117,30 +182,46 @@ def atomic_file(path, mode="wb", encoding=None):
             f.write(text)
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        written = _remove_temp(tmp)
+        cause = disk_full_cause(e)
+        if cause is not None:
+            raise disk_full_error(path, cause, written, expected_size, advice) from e
         raise
+
+
+def _remove_temp(tmp) -> int:
+    """Deletes atomic_file's temp file (if any) -> the bytes it held."""
+    if tmp is None:
+        return 0
+    written = 0
+    with contextlib.suppress(OSError):
+        written = os.stat(tmp).st_size
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    return written
 
 
 def save_npz_atomic(path, **arrays):
     """np.savez through atomic_file: a crash never leaves half a file."""
-    with atomic_file(path, "wb") as f:
+    expected = sum(np.asarray(a).nbytes for a in arrays.values())
+    with atomic_file(path, "wb", expected_size=expected) as f:
         np.savez(f, **arrays)
 
 
 def write_text_atomic(path, text):
     """UTF-8 text file through atomic_file (reports, manifests, csv)."""
-    with atomic_file(path, "w", encoding="utf-8") as f:
+    with atomic_file(path, "w", encoding="utf-8", expected_size=len(text.encode("utf-8"))) as f:
         f.write(text)
 
 

@@ -4,9 +4,13 @@ the log, the checkpoints it saves, and the processes it runs on.
     run = Run(parts, state, save_dir, val_ds, meta, run_config, resumed, is_main)
     row = run.evaluate(with_samples=True); run.log(row, lr); run.save("last.pt")
 """
+import errno
 import math
+import os
+import shutil
 import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,8 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from lm2a.checkpoint import prune_step_checkpoints, save_checkpoint, step_checkpoints
+from lm2a.checkpoint import ROOM_ADVICE, prune_step_checkpoints, save_checkpoint, step_checkpoints
+from lm2a.clipio import DiskFullError, fmt_bytes
 from lm2a.device import pick_device, resolve_precision
 from lm2a.generate import load_clips
 from lm2a.monitor import SAMPLE_FIGURES, SampleMonitor, warnings
@@ -32,6 +37,22 @@ TB_TAGS = {"train_loss": "train/loss", "lr": "train/lr", "val_loss": "val/loss",
 VAL_DROPS = {"val_loss": (False, False), "val_loss_uncond": (True, True),
              "val_loss_motion_only": (False, True), "val_loss_lyrics_only": (True, False)}
 LOG_FIELDS = LOG_COLUMNS + tuple(VAL_DROPS)[2:] + ("cond_gap",) + SAMPLE_FIGURES
+# Under DDP every collective (the step's all_reduce, DDP's gradient buckets, the barriers around a
+# checkpoint) gives up after this many seconds, so a rank that stops answering (SIGSTOP, swapped out,
+# stuck in I/O) ends the run instead of holding the others for the backend's default (gloo 30 min).
+# The longest a healthy rank waits at a collective is for rank 0's work between two of them (the
+# training-time samples and the checkpoint write inside Run.save's barriers, torch.compile's first
+# step): tens of seconds on the field's machines; 5 min leaves a wide margin. TIMEOUT_ENV changes it.
+COLLECTIVE_TIMEOUT_S = 300.0
+TIMEOUT_ENV = "LM2A_COLLECTIVE_TIMEOUT_S"
+# after a timeout the ranks that still run answer a roll call in the rendezvous store for up to this
+# long (at most the timeout): ranks time out within the skew of their entry into the same collective
+ROLL_CALL_S = 60.0
+ROLL_CALL_POLL_S = 0.2
+ROLL_CALL_KEY = "lm2a/roll_call/"
+# free space a run wants at its start, in checkpoints: a save writes its temp file beside the file
+# it replaces, and best.pt and last.pt come on top of the step files
+ROOM_FOR_CHECKPOINTS = 3
 
 
 def check_clip_configs(train_ds, val_ds, model=None):
@@ -78,16 +99,93 @@ def prepare_save_dir(save_dir, resume, force, is_main):
     return save_dir
 
 
+def room_warning(save_dir, checkpoint_bytes, count=ROOM_FOR_CHECKPOINTS):
+    """One line when `save_dir` has less free space than `count` checkpoints of `checkpoint_bytes`
+    need (shutil.disk_usage), else None."""
+    free, need = shutil.disk_usage(save_dir).free, count * checkpoint_bytes
+    if free >= need:
+        return None
+    return (f"{save_dir} has {fmt_bytes(free)} free, less than the {fmt_bytes(need)} of {count} checkpoints "
+            f"of about {fmt_bytes(checkpoint_bytes)}: the run may stop at a save when the disk fills; "
+            f"{ROOM_ADVICE}")
+
+
+def collective_timeout_s():
+    """Seconds a collective waits for the other ranks: COLLECTIVE_TIMEOUT_S, or TIMEOUT_ENV's value."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    if not raw:
+        return COLLECTIVE_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise SystemExit(f"train.py: {TIMEOUT_ENV}={raw!r}: give the collective timeout in seconds (> 0), "
+                         f"or unset it for the default {COLLECTIVE_TIMEOUT_S:g} s")
+    return value
+
+
 def setup_processes(device_name):
-    """(rank, world, device) under torchrun (process group initialised) or for one process."""
+    """(rank, world, device) under torchrun (process group initialised, its collectives bounded by
+    collective_timeout_s()) or for one process."""
     rank, local_rank, world = world_from_env()
     device = pick_device(device_name)
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=timedelta(seconds=collective_timeout_s()))
     return rank, world, device
+
+
+class RanksLost(RuntimeError):
+    """A collective timed out: .line names the ranks that did not answer ('' on the ranks that leave
+    the report to another)."""
+
+    def __init__(self, line):
+        super().__init__(line or "a collective timed out (another rank reports)")
+        self.line = line
+
+
+def roll_call(rank, world, wait_s):
+    """After a collective timed out: each rank that still runs checks in at the rendezvous store and
+    waits until every rank has, or wait_s after the first did. -> (the ranks that did not check in,
+    whether this rank reports: the lowest that did); (None, True) if the store does not answer."""
+    key = f"{ROLL_CALL_KEY}{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"  # a torchrun restart's own
+    try:
+        store = torch.distributed.distributed_c10d._get_default_store()
+        store.set(f"{key}{rank}", "1")
+        deadline = float(store.compare_set(key + "first", "", repr(time.time()))) + wait_s
+        while True:
+            answered = [r for r in range(world) if store.check([f"{key}{r}"])]
+            if len(answered) == world or time.time() >= deadline:
+                break
+            time.sleep(ROLL_CALL_POLL_S)
+    except (RuntimeError, ValueError):
+        return None, True  # each rank that cannot reach it says so
+    return [r for r in range(world) if r not in answered], rank == min(answered)
+
+
+def lost_ranks(error, rank, world, save_dir):
+    """A collective that timed out (gloo raises it here; NCCL's watchdog ends its process itself) ->
+    RanksLost naming the ranks that did not answer (roll_call), for the caller to raise; None for any
+    other error. Rank 0's checkpoints are atomic and written between barriers: none is half written."""
+    if world == 1 or "timed out" not in str(error).lower():
+        return None
+    timeout = collective_timeout_s()
+    silent, reports = roll_call(rank, world, min(timeout, ROLL_CALL_S))
+    if not reports:
+        return RanksLost("")
+    if silent:
+        who = f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} did not answer"
+    elif silent is None:
+        who = "which rank did not answer is unknown (the rendezvous store did not answer either: its host?)"
+    else:
+        who = "yet every rank answered a roll call after it (a rank slower than that, or ranks out of step)"
+    return RanksLost(f"train.py: a collective timed out after {timeout:g} s ({TIMEOUT_ENV}): {who}; the run "
+                     f"ends, saving nothing more (rank {rank} reporting; the checkpoints in {save_dir} stay as "
+                     f"last written): check that rank's process and machine, then continue with --resume")
 
 
 class Run:
@@ -116,19 +214,36 @@ class Run:
         return self.seconds_before + time.time() - self.t_start
 
     def save(self, name):
+        """Writes the checkpoint `name` (rank 0; every rank waits for it). A full disk raises
+        DiskFullError on every rank (the previous files are intact) so that all of them stop."""
         self.barrier()
-        path = self.save_dir / name
+        path, error = self.save_dir / name, None
         if self.is_main:
             self.state.train_seconds = self.seconds()
-            save_checkpoint(training_checkpoint(self.parts, self.state, **self.meta), path)
-            if path not in self.saved:
-                self.saved.append(path)
-            if name.startswith("step_"):
-                for p in prune_step_checkpoints(self.save_dir, self.settings.keep):
-                    if p in self.saved:
-                        self.saved.remove(p)
+            try:
+                save_checkpoint(training_checkpoint(self.parts, self.state, **self.meta), path)
+            except DiskFullError as e:
+                error = e
+            else:
+                self.saved_file(path)
+        if self.parts.world > 1:  # rank 0's outcome to every rank
+            failed = torch.tensor([float(error is not None)], device=self.parts.device)
+            torch.distributed.all_reduce(failed)
+            if failed.item() and error is None:
+                error = DiskFullError(errno.ENOSPC, f"{path}: rank 0 could not write it, the disk is full")
         self.barrier()
+        if error is not None:
+            raise error
         return path
+
+    def saved_file(self, path):
+        """Bookkeeping after a save: the list of files written, keep-K pruning of the step files."""
+        if path not in self.saved:
+            self.saved.append(path)
+        if path.name.startswith("step_"):
+            for p in prune_step_checkpoints(self.save_dir, self.settings.keep, upto=self.state.step):
+                if p in self.saved:
+                    self.saved.remove(p)
 
     def validate(self):
         """Validates the EMA model (all ranks) with the conditions, without, and with one of them;

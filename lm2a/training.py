@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import random
@@ -25,7 +25,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lm2a import SCHEMA_VERSION
-from lm2a.checkpoint import CHECKPOINT_KIND, config_from_checkpoint, to_cpu
+from lm2a.checkpoint import CHECKPOINT_KIND, config_from_checkpoint, tensor_bytes, to_cpu
 from lm2a.clipio import json_safe, write_text_atomic
 from lm2a.data import collate_fn
 from lm2a.device import amp_settings
@@ -125,6 +125,16 @@ class RunConfig:
     def __post_init__(self):  # a str (one folder, as older checkpoints store it) or a list -> a tuple
         for name in ("npz_dir", "val_npz_dir"):
             object.__setattr__(self, name, folder_tuple(getattr(self, name)))
+
+    def anchored(self, *bases):
+        """These settings with their folders (npz_dir, val_npz_dir, vocoder) absolute, a relative one
+        taken relative to the first of `bases` under which it exists (else the first): a checkpoint
+        then names them wherever --resume runs from."""
+        def absolute(folder):
+            found = [os.path.join(base, folder) for base in bases if os.path.exists(os.path.join(base, folder))]
+            return os.path.normpath((found or [os.path.join(bases[0], folder)])[0]) if folder else folder
+        return replace(self, npz_dir=tuple(map(absolute, self.npz_dir)),
+                       val_npz_dir=tuple(map(absolute, self.val_npz_dir)), vocoder=absolute(self.vocoder))
 
     def total_steps(self, batches_per_epoch):
         return self.max_steps if self.max_steps > 0 else self.epochs * batches_per_epoch
@@ -234,6 +244,31 @@ def build_parts(model_config, diffusion_config, config: TrainConfig, norm_stats,
     ema_diffusion = GaussianDiffusion(ema.module, diffusion_config, **norm_stats).to(device)
     return TrainParts(model, ema, diffusion, ema_diffusion, optimizer, scheduler, scaler, amp_dtype,
                       device, config, rank, world)
+
+
+ADAN_STATE_TENSORS = 4  # exp_avg, exp_avg_diff, exp_avg_sq, prev_grad per parameter (models/adan.py)
+
+
+def checkpoint_bytes(parts) -> int:
+    """About the size of the run's checkpoint (training_checkpoint): the model's and the EMA's state
+    and the optimizer's (before the first step, when Adan holds none yet: ADAN_STATE_TENSORS copies
+    of the trainable parameters)."""
+    params = sum(p.numel() * p.element_size() for p in parts.model.parameters() if p.requires_grad)
+    optimizer = tensor_bytes(parts.optimizer.state_dict()["state"]) or ADAN_STATE_TENSORS * params
+    return tensor_bytes(parts.model.state_dict()) + tensor_bytes(parts.ema.module.state_dict()) + optimizer
+
+
+def run_origins(ckpt) -> list:
+    """Where a checkpoint's run may have been started from, most likely first: the folders its relative
+    data folders were meant from (older train.py versions stored them as given). The folder the file
+    lies in now less the --save_dir it stored (when relative and matching), the current folder, then
+    the folders above the file's (a run folder copied elsewhere)."""
+    stored = Path(str((ckpt.get("train_args") or {}).get("save_dir") or ""))
+    here = Path(os.path.abspath(Path(ckpt.get("_path", "")).parent))
+    n, origins = len(stored.parts), []
+    if n and not stored.is_absolute() and ".." not in stored.parts and here.parts[-n:] == stored.parts:
+        origins.append(str(Path(*here.parts[:-n])))
+    return origins + [os.getcwd()] + [str(p) for p in here.parents]
 
 
 def batch_to_device(batch, device):
