@@ -13,6 +13,10 @@ lyric, or the genre's name with --lyric_text genre; each clip records its sequen
 OUT/clips/<song>__<start_ms>.npz, OUT/motion_stats.npz, OUT/manifest.csv and
 OUT/preprocess_report.json (every skipped song, clip, key and file with its reason).
 Re-running skips clips already written. Songs are processed in parallel with --workers.
+
+Exit codes: 0 done; 1 no usable clip; 2 bad input (data root, mel config); 75 --out_dir is in use by
+another run (its lock .lm2a.lock, lm2a/lock.py): the line names that run; wait, or if it is gone remove
+the lock or pass --break_lock.
 """
 import argparse
 import csv
@@ -37,6 +41,7 @@ from lm2a.aistpp import find_sequences, genre_text, is_aistpp_root
 from lm2a.audio import AudioFileError, compute_mel, load_audio
 from lm2a.clipio import CLIP_NAME_SEP, clip_name, is_clip_file, save_npz_atomic, write_text_atomic
 from lm2a.device import pick_device
+from lm2a.lock import EXIT_FOLDER_IN_USE, FolderInUse, FolderLock, add_break_lock_flag
 from lm2a.lyrics import DEFAULT_TEXT_ENCODER, LyricEncoder, encoder_display_name
 from lm2a.melconfig import load_mel_config
 from lm2a.motion import (AIST_SOURCE_FPS, MotionFileError, aist_poses, clip_frame_range, declared_fps,
@@ -64,6 +69,7 @@ WHOLE = 0.0                                 # --clip_seconds 0 (AIST++): one cli
 MIN_WHOLE_S = 1.0                           # a whole sequence shorter than this is skipped
 NULL_LYRIC = ""                             # lyric_text of a clip without lyrics (AIST++): zero lyric tokens
 SONG_FILES = ("audio.wav", "sliced.json", "smplfull.json")
+CLIP_CHUNK = 32                             # clips per batched mel / motion call (memory: one chunk)
 YEAR_DIR = re.compile(r"^Songs_(\d{4})$")
 
 
@@ -187,10 +193,14 @@ def plan_song(info, out_clips, seconds, motion_t0):
                         f"(every key but the last starts a clip)")
         return info
     try:  # header only: lets clips past the end of the audio skip text encoding too
-        audio_seconds = sf.info(str(d / "audio.wav")).duration
+        header = sf.info(str(d / "audio.wav"))
     except Exception as e:  # soundfile.LibsndfileError
         info["skip"] = f"{d / 'audio.wav'}: cannot read audio ({e})"
         return info
+    if header.frames <= 0:
+        info["skip"] = f"{d / 'audio.wav'}: no samples"
+        return info
+    audio_seconds = header.duration
     t0 = motion_t0_seconds(entries, motion_t0)
     info.update(t0=t0, motion_t0=motion_t0)
     for t, text in entries[:-1]:
@@ -256,7 +266,9 @@ def read_song(info, sr, fps, source_fps, res):
     motion = _timed(res, "t_motion", read_motion, info["motion"], fps, source_fps)
     res.update(motion_missing_frames=motion.missing_frames, motion_frames_repaired=motion.frames_repaired,
                motion_nonfinite_values=motion.nonfinite_values)
-    wav = _timed(res, "t_audio", song_audio, info["audio"], sr)
+    # a JustLMD song's audio is read once: not kept in song_audio's cache (two long songs held at once)
+    read = song_audio if "music" in info else (lambda path, rate: load_audio(path, rate)[0])
+    wav = _timed(res, "t_audio", read, info["audio"], sr)
     return motion, wav
 
 
@@ -281,12 +293,21 @@ def covered_clips(todo, info, motion, n_samples_song, sr, seconds, fps, res):
 
 def write_clips(keep, info, motion, wav, lyric_table, mel_cfg, text_encoder_name, out_clips, seconds, fps,
                 res):
-    """Mels (one batched call) and motion features (one batched call) of the covered clips; writes
+    """The covered clips in chunks of CLIP_CHUNK (write_clip_chunk): memory holds one chunk's mels and
+    motion, however many clips the song has."""
+    for first in range(0, len(keep), CLIP_CHUNK):
+        write_clip_chunk(keep[first:first + CLIP_CHUNK], info, motion, wav, lyric_table, mel_cfg, text_encoder_name,
+                         out_clips, seconds, fps, res)
+
+
+def write_clip_chunk(keep, info, motion, wav, lyric_table, mel_cfg, text_encoder_name, out_clips, seconds, fps,
+                     res):
+    """Mels (one batched call) and motion features (one batched call) of the clips `keep`; writes
     each clip's npz and its manifest row into res."""
     sr = mel_cfg.sampling_rate
     n_samples, n_frames = int(round(seconds * sr)), int(round(seconds * fps))
-    idx = np.asarray([s0 for _, s0, _ in keep])[:, None] + np.arange(n_samples)[None, :]  # (N, samples)
-    mels = _timed(res, "t_mel", compute_mel, wav[idx], mel_cfg)  # (N, 80, T)
+    segments = np.stack([wav[s0:s0 + n_samples] for _, s0, _ in keep])  # (N, samples)
+    mels = _timed(res, "t_mel", compute_mel, segments, mel_cfg)  # (N, 80, T)
     frame_starts = [fs for _, _, fs in keep]
     feats, repaired = _timed(res, "t_motion", motion.clip_features, frame_starts, n_frames, fps)  # (N, F, 234)
     t = time.perf_counter()
@@ -449,6 +470,7 @@ def build_parser():
     p.add_argument("--text_batch", type=int, default=TEXT_BATCH)
     p.add_argument("--device", default="cpu", help="device of the text encoder (auto, cpu, cuda)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_break_lock_flag(p)
     return p
 
 
@@ -627,7 +649,11 @@ def summary_line(report, args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        report = run(args)
+        with FolderLock(args.out_dir, "preprocess", args.break_lock):
+            report = run(args)
+    except FolderInUse as e:
+        print(e, file=sys.stderr)
+        return EXIT_FOLDER_IN_USE
     except (ValueError, FileNotFoundError) as e:
         print(f"preprocess: error: {e}", file=sys.stderr)
         return 2

@@ -39,6 +39,10 @@ CUDA the noise is the same numbers; the network's arithmetic may differ in the l
 Every sampling setting (models/diffusion.py SamplingConfig) is recorded in the generated npz (FORMATS.md).
 --guidance: 1 = conditional only, 0 = unconditional (both conditions dropped), w = classifier-free
 guidance eps_u + w (eps_c - eps_u) from one batched forward per step.
+
+Exit codes: 0 done; 1 nothing generated; 2 bad flags or input (checkpoint, clips); 75 --out_dir is in
+use by another run (its lock .lm2a.lock, lm2a/lock.py): the line names that run; wait, or if it is gone
+remove the lock or pass --break_lock.
 """
 import argparse
 import sys
@@ -50,6 +54,7 @@ from lm2a.clipio import list_clip_files
 from lm2a.config import add_config_flags, add_sampling_flags, config_from_args, constants_for
 from lm2a.device import pick_device, resolve_precision
 from lm2a.generate import check_settings, describe_settings, load_clips, raw_item
+from lm2a.lock import EXIT_FOLDER_IN_USE, FolderInUse, FolderLock, add_break_lock_flag
 from lm2a.longform import (FULL_GEN_SUFFIX, LongformConfig, generate_clips, generate_dances, load_dance,
                            plot_longform, window_frames, write_longform)
 from lm2a.timeline import MOTION_T0_RULES
@@ -109,6 +114,7 @@ def build_parser():
     p.add_argument("--out_dir", default=OUT_DIR)
     p.add_argument("--max_clips", type=int, default=MAX_CLIPS, help="first N clips only (0 = all)")
     p.add_argument("--no_png", action="store_true", help="skip the per-clip png")
+    add_break_lock_flag(p)
     add_sampling_flags(p, globals())
     add_config_flags(p, LongformConfig, constants_for(LongformConfig, globals()),
                      title="whole dance, and clips longer than --window")
@@ -268,6 +274,16 @@ def main(argv=None):
     if problem:
         err(problem)
         return 2
+    try:
+        with FolderLock(args.out_dir, "sample.py", args.break_lock):
+            return generate(args, settings, whole, t_start, err)
+    except FolderInUse as e:
+        print(e, file=sys.stderr)
+        return EXIT_FOLDER_IN_USE
+
+
+def generate(args, settings, whole, t_start, err):
+    """Loads the model and generates (main(), holding --out_dir's lock). -> exit code."""
     device = pick_device(args.device)
     try:
         diffusion, info = load_model(args.ckpt, device, use_ema=not args.no_ema)

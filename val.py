@@ -53,6 +53,10 @@ sample.py does), and scored per sequence (the rows above, on the whole mel and a
 every clip's real and generated mels and audio cut into consecutive --window windows (a last piece
 shorter than half a window dropped), each scored like a clip: summary.json's "per_window" (rows, rhythm),
 per_window.csv, field_table_per_window.md, a section of report.html and a part of the summary line.
+
+Exit codes: 0 done; 2 bad input (checkpoint, clips, settings); 75 --out_dir is in use by another run
+(its lock .lm2a.lock, lm2a/lock.py): the line names that run; wait, or if it is gone remove the lock or
+pass --break_lock.
 """
 import argparse
 import math
@@ -61,6 +65,7 @@ from pathlib import Path
 
 from lm2a.config import add_config_flags, add_sampling_flags, config_from_args, constants_for
 from lm2a.evaluation import EvalOptions, evaluate
+from lm2a.lock import EXIT_FOLDER_IN_USE, FolderInUse, FolderLock, add_break_lock_flag
 from lm2a.longform import LongformConfig
 from lm2a.musicality import FIGURES as MUSIC_FIGURES
 from models.diffusion import SamplingConfig
@@ -120,6 +125,7 @@ def build_parser():
     p.add_argument("--attention_layer", default=ATTENTION_LAYER,
                    help="cross-attention block to draw, e.g. up.1.attn (\"\" = highest-resolution up block)")
     p.add_argument("--plot_clips", type=int, default=PLOT_CLIPS, help="clips shown in mel_pairs.png")
+    add_break_lock_flag(p)
     add_sampling_flags(p, globals())
     add_config_flags(p, LongformConfig, constants_for(LongformConfig, globals()),
                      title="clips longer than --window (generated in windows, scored per window too)")
@@ -217,7 +223,12 @@ def options_from_args(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:   # CheckpointError and MelConfigError are ValueErrors (and LongformConfig's checks)
-        summary = evaluate(options_from_args(args), config_from_args(SamplingConfig, args))
+        options, sampling = options_from_args(args), config_from_args(SamplingConfig, args)
+        with FolderLock(args.out_dir, "val.py", args.break_lock):
+            summary = evaluate(options, sampling)
+    except FolderInUse as e:
+        print(e, file=sys.stderr)
+        return EXIT_FOLDER_IN_USE
     except (ValueError, FileNotFoundError) as e:
         print(f"val.py: error: {e}", file=sys.stderr)
         return 2
