@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lm2a.audio import compute_mel, load_audio
+from lm2a.audio import compute_mel_long, load_audio
 from lm2a.clipio import save_npz_atomic
 from lm2a.data import pad_lyric_tokens
 from lm2a.device import resolve_precision
@@ -75,6 +75,7 @@ FULL_GEN_SUFFIX = "_full_gen"  # <name>_full_gen.npz
 NULL_LYRIC = ""                # the window text of a window where nothing is sung
 SEAM_WIDTH = 1                 # frame transitions on each side of a join that count as the join
 WINDOW_SLACK_FRAMES = 4        # a clip at most this many mel frames longer than the window is one network call
+PLOT_MAX_FRAMES = 16384        # mel frames a whole-dance PNG draws per panel (every k-th of a longer mel)
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ def real_mel_of(audio_path, start_s, end_s, cfg, n_frames):
     a, b = int(round(start_s * cfg.sampling_rate)), min(int(round(end_s * cfg.sampling_rate)), len(wav))
     if b - a < cfg.n_fft:
         return None
-    return compute_mel(wav[a:b], cfg).astype(np.float32)[:, :n_frames]
+    return compute_mel_long(wav[a:b], cfg)[:, :n_frames]  # in chunks: a long song's STFT is never whole
 
 
 def load_dance(info, motion_path, lyrics_json=None, lyric_text=None, start_s=None, end_s=None,
@@ -265,7 +266,7 @@ def load_dance(info, motion_path, lyrics_json=None, lyric_text=None, start_s=Non
     # features over the whole dance (one smoothing and one derivative over all frames), then the span
     features, repaired = motion.span_features(frame_start, frame_end, fps)  # (frames, 234)
     n_frames = cfg.frames_for_seconds(end_s - start_s)
-    motion_mel = resample_to_mel(features, fps, n_frames, cfg.sampling_rate, cfg.hop_size).astype(np.float32)
+    motion_mel = resample_to_mel(features, fps, n_frames, cfg.sampling_rate, cfg.hop_size)  # float32: the features'
     real_mel = real_mel_of(audio_path, start_s, end_s, cfg, n_frames)
 
     default = motion_path.stem if motion_path.suffix.lower() == ".pkl" else motion_path.resolve().parent.name
@@ -473,16 +474,20 @@ def plot_longform(path, generated, real=None, window_starts=(), joins=(), hop_s=
     """A long PNG (lm2a.plots.mel_figure): the generated log-mel above the real one (when given), one
     colour scale, time in song seconds (the mel starts at start_s; hop_s: the mel config's
     hop_seconds); window starts as dashed white lines, joins (where each next window takes over) solid
-    cyan."""
+    cyan. A mel of more than PLOT_MAX_FRAMES frames is drawn from every k-th frame (the PNG has fewer
+    pixels than that, and 'nearest' draws one frame per pixel anyway): the figure's memory stays that of
+    PLOT_MAX_FRAMES frames however long the dance."""
     if hop_s is None:
         raise ValueError("plot_longform: pass hop_s, the mel config's hop_seconds (the x axis is song time)")
-    rows = [("generated", [generated])] + ([("real", [real])] if real is not None else [])
-    width = min(4 + 0.3 * generated.shape[1] * hop_s, 80)  # about 0.3 inch per second, at most 80 inches
-    marks = ([(s, dict(color="white", lw=0.8, ls="--")) for s in window_starts[1:]]
-             + [(j, dict(color="cyan", lw=0.8)) for j in joins])
-    mel_figure(path, rows, title=title, hop_seconds=hop_s, start_s=start_s, marks=marks,
+    n_frames = generated.shape[1]
+    width = min(4 + 0.3 * n_frames * hop_s, 80)  # about 0.3 inch per second, at most 80 inches
+    k = -(-n_frames // PLOT_MAX_FRAMES)  # every k-th frame: the same time axis, k times the hop
+    rows = [("generated", [generated[:, ::k]])] + ([("real", [real[:, ::k]])] if real is not None else [])
+    marks = ([(s / k, dict(color="white", lw=0.8, ls="--")) for s in window_starts[1:]]
+             + [(j / k, dict(color="cyan", lw=0.8)) for j in joins])
+    mel_figure(path, rows, title=title, hop_seconds=hop_s * k, start_s=start_s, marks=marks,
                xlabel="song time (s); dashed: window starts, cyan: joins (where the next window takes over)",
-               panel_size=(width - 0.4, 2.4), x_frames=generated.shape[1])
+               panel_size=(width - 0.4, 2.4), x_frames=n_frames / k)
 
 
 # ---- clips of any length ------------------------------------------------------------------------
