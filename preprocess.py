@@ -44,8 +44,7 @@ from lm2a.device import pick_device
 from lm2a.lock import EXIT_FOLDER_IN_USE, FolderInUse, FolderLock, add_break_lock_flag
 from lm2a.lyrics import DEFAULT_TEXT_ENCODER, LyricEncoder, encoder_display_name
 from lm2a.melconfig import load_mel_config
-from lm2a.motion import (AIST_SOURCE_FPS, MotionFileError, aist_poses, clip_frame_range, declared_fps,
-                         read_aist_pkl, read_motion)
+from lm2a.motion import AIST_SOURCE_FPS, MotionFileError, aist_source_poses, clip_frame_range, read_motion
 from lm2a.stats import feature_moments
 # the lyric timeline and the motion time origin rule live in lm2a.timeline (shared with lm2a/longform.py)
 from lm2a.timeline import MOTION_T0_RULES, motion_t0_seconds, read_lyric_timeline
@@ -143,10 +142,7 @@ def plan_sequence(info, out_clips, args):
     every hop seconds from 0 while both cover them. Sets info['skip'] on a sequence-level problem."""
     info.update(clips=[], key_warnings=[], stray=[], t0=0.0, motion_t0="zero")
     try:
-        data = read_aist_pkl(info["motion"])
-        if declared_fps(data, info["motion"]) not in (None, args.source_fps):
-            read_motion(info["motion"], args.fps, args.source_fps)  # raises the mixed-rate error
-        n_src = len(aist_poses(data, info["motion"]))
+        n_src = len(aist_source_poses(info["motion"], args.source_fps))
         audio_s = sf.info(info["audio"]).duration
     except MotionFileError as e:
         info["skip"] = str(e)

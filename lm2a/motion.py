@@ -496,16 +496,21 @@ def resample_poses(poses, src_fps, dst_fps):
     return out
 
 
-def aist_motion(path, fps=30, source_fps=AIST_SOURCE_FPS) -> SongMotion:
-    """An AIST++ motion pkl -> its SongMotion at `fps` (repaired like smplfull.json's). A pkl that states
-    a frame rate other than `source_fps` is refused: mixing rates in one dataset would mislabel time."""
+def aist_source_poses(path, source_fps=AIST_SOURCE_FPS):
+    """An AIST++ motion pkl -> its (F, 78) poses at the file's own rate (aist_poses). A pkl that states a
+    frame rate other than `source_fps` is refused: mixing rates in one dataset would mislabel time."""
     data = read_aist_pkl(path)
     stated = declared_fps(data, path)
     if stated is not None and abs(stated - source_fps) > 1e-6:
         raise MotionFileError(f"{path}: states {stated:g} fps but the dataset is read at {source_fps:g} fps "
                               f"(mixed frame rates); convert the file, or pass --source_fps {stated:g} if "
                               f"every file is at {stated:g} fps")
-    raw = aist_poses(data, path)
+    return aist_poses(data, path)
+
+
+def aist_motion(path, fps=30, source_fps=AIST_SOURCE_FPS) -> SongMotion:
+    """An AIST++ motion pkl -> its SongMotion at `fps` (repaired like smplfull.json's)."""
+    raw = aist_source_poses(path, source_fps)
     bad_src = ~np.isfinite(raw).all(axis=1)
     filled_src, _, _ = fill_nearest(raw, str(path))
     poses = resample_poses(filled_src, source_fps, fps)
